@@ -1,0 +1,44 @@
+"""The `lumina` console command.
+
+Each subcommand lives in its own module under `lumina.commands` and exposes two functions:
+`configure(parser)` adds its flags and `run(args) -> int` does the work. Command modules keep
+heavy imports (torch, deepspeed, datasets) inside `run`, so `lumina --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Registration order is the order `lumina --help` shows.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "presets": ("lumina.commands.presets", "list the 32 preset configs with parameter and FLOP counts"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lumina", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).configure(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except ValueError as exc:  # our validation errors: one clear line, no traceback
+        print(f"lumina {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

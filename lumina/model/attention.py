@@ -1,0 +1,40 @@
+"""Causal grouped-query self-attention through torch's scaled_dot_product_attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumina.config import ModelConfig
+from lumina.model.layers import LayerFactory, apply_rope, scaled_init_std
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
+        super().__init__()
+        tp = layers.tp_size
+        if cfg.num_heads % tp or cfg.num_kv_heads % tp:
+            raise ValueError(
+                f"tensor parallel size {tp} must divide num_heads={cfg.num_heads} "
+                f"and num_kv_heads={cfg.num_kv_heads}")
+        self.head_dim = cfg.head_dim
+        self.local_heads = cfg.num_heads // tp
+        self.local_kv_heads = cfg.num_kv_heads // tp
+        d, hd = cfg.hidden_size, cfg.head_dim
+        # Separate q/k/v projections shard cleanly by heads under tensor parallel.
+        self.wq = layers.column(d, cfg.num_heads * hd, cfg.init_std)
+        self.wk = layers.column(d, cfg.num_kv_heads * hd, cfg.init_std)
+        self.wv = layers.column(d, cfg.num_kv_heads * hd, cfg.init_std)
+        self.wo = layers.row(cfg.num_heads * hd, d, scaled_init_std(cfg.init_std, cfg.num_layers))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape  # (B, T, D); T may be a MoD-selected subset in position order
+        q = self.wq(x).view(B, T, self.local_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.local_heads != self.local_kv_heads)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.local_heads * self.head_dim))

@@ -1,0 +1,85 @@
+"""Building blocks shared by every block type: the linear-layer factory, RMSNorm and RoPE.
+
+Every weight matrix of the attention and MLP comes from a `LayerFactory`, so tensor-parallel
+wiring (megatron-core's Column/RowParallelLinear, VocabParallelEmbedding) replaces the plain
+torch layers here without the block code changing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerFactory:
+    """Plain single-device torch layers. Subclasses swap in parallel ones.
+
+    `column` layers may shard their output features over `tp_size` ranks and `row` layers their
+    input features; block code sizes heads and widths by `tp_size` and never looks deeper.
+    """
+
+    tp_size: int = 1
+
+    def column(self, in_features: int, out_features: int, init_std: float) -> nn.Module:
+        return _linear(in_features, out_features, init_std)
+
+    def row(self, in_features: int, out_features: int, init_std: float) -> nn.Module:
+        return _linear(in_features, out_features, init_std)
+
+    def embedding(self, num_embeddings: int, dim: int, init_std: float) -> nn.Module:
+        emb = nn.Embedding(num_embeddings, dim)
+        nn.init.normal_(emb.weight, mean=0.0, std=init_std)
+        return emb
+
+    def lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) x (V, D) -> (B, T, V) logits (vocab-sharded under tensor parallel)."""
+        return F.linear(hidden, weight)
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token loss in fp32; labels < 0 are ignored."""
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+def _linear(in_features: int, out_features: int, init_std: float) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=False)
+    nn.init.normal_(layer.weight, mean=0.0, std=init_std)
+    return layer
+
+
+def scaled_init_std(init_std: float, num_layers: int) -> float:
+    """Depth-scaled std for projections that write into the residual stream (GPT-2, Megatron)."""
+    return init_std / math.sqrt(2.0 * num_layers)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rope_tables(seq_length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (seq_length, head_dim) for rotate-half RoPE (Su et al. 2021)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_length, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, hd); cos/sin: (B or 1, T, hd), indexed by each token's true position."""
+    cos = cos.unsqueeze(1).to(x.dtype)
+    sin = sin.unsqueeze(1).to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin

@@ -1,0 +1,24 @@
+"""SwiGLU feed-forward (Shazeer 2020), bias-free."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumina.config import ModelConfig
+from lumina.model.layers import LayerFactory, scaled_init_std
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory):
+        super().__init__()
+        d, f = cfg.hidden_size, cfg.ffn_hidden_size
+        if f % layers.tp_size:
+            raise ValueError(f"tensor parallel size {layers.tp_size} must divide ffn_hidden_size={f}")
+        self.w_gate = layers.column(d, f, cfg.init_std)
+        self.w_up = layers.column(d, f, cfg.init_std)
+        self.w_down = layers.row(f, d, scaled_init_std(cfg.init_std, cfg.num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))

@@ -1,0 +1,123 @@
+"""Token-choice top-k Mixture-of-Experts MLP with capacity, dropping and index-based dispatch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumina.config import ModelConfig
+from lumina.model.layers import scaled_init_std
+from lumina.ops import routing
+
+
+def switch_balance_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+    """E * sum_e f_e * P_e (Fedus et al. 2021, eq. 4), generalised to top-k.
+
+    f_e is the fraction of the S*k assignments that chose expert e (before capacity) and P_e the
+    mean router probability of e. It equals 1 whenever the router is uniform and reaches E when
+    every token puts all its mass on one expert.
+    """
+    num_experts = probs.shape[1]
+    f = routing.expert_histogram(expert_index, num_experts).float() / expert_index.numel()
+    return num_experts * torch.sum(f * probs.mean(0))
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """mean(logsumexp(logits)^2) (Zoph et al. 2022, ST-MoE eq. 5): keeps router logits small."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
+def load_stats(tokens_per_expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(utilisation, balance) of a per-expert token count vector; both 1.0 for perfect balance.
+
+    utilisation = mean_e min(1, n_e / fair) with fair = sum(n) / E: the share of the ideal
+    expert compute that was actually used, so a starved expert lowers it.
+    balance = 1 / (E * sum_e p_e^2) with p_e = n_e / sum(n): the effective number of experts
+    (inverse Simpson index) over E, from 1/E (collapse onto one expert) to 1.0.
+    """
+    n = tokens_per_expert.float()
+    E = n.numel()
+    total = n.sum().clamp_min(1.0)
+    utilisation = torch.clamp(n / (total / E), max=1.0).mean()
+    p = n / total
+    balance = 1.0 / (E * p.pow(2).sum().clamp_min(1.0 / E))
+    return utilisation, balance
+
+
+class MoE(nn.Module):
+    """Replaces a block's SwiGLU MLP with `num_experts` SwiGLU experts of the same width."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        assert cfg.moe is not None
+        self.cfg = cfg.moe
+        E, d, f = cfg.moe.num_experts, cfg.hidden_size, cfg.ffn_hidden_size
+        self.num_experts = E
+        self.num_router_outputs = E + cfg.moe.num_noop_experts
+        self.router = nn.Linear(d, self.num_router_outputs, bias=False)
+        # Stacked expert weights: (E, in, out). Stacking keeps expert-parallel sharding a slice
+        # of dim 0 and lets each expert run on its contiguous chunk of permuted tokens.
+        self.w_gate = nn.Parameter(torch.empty(E, d, f))
+        self.w_up = nn.Parameter(torch.empty(E, d, f))
+        self.w_down = nn.Parameter(torch.empty(E, f, d))
+        std = cfg.init_std
+        for p in (self.router.weight, self.w_gate, self.w_up):
+            nn.init.normal_(p, mean=0.0, std=std)
+        nn.init.normal_(self.w_down, mean=0.0, std=scaled_init_std(std, cfg.num_layers))
+        for p in (self.w_gate, self.w_up, self.w_down):
+            p.is_expert = True  # read by the trainer to build DeepSpeed's expert param groups
+        self.aux: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, torch.Tensor] = {}
+
+    def capacity(self, num_tokens: int, causal: bool = False) -> int | None:
+        # Capacity makes a token's fate depend on later tokens' priorities, which sampling must
+        # not see; causal (sampling) mode therefore runs dropless.
+        if self.cfg.dropless or causal:
+            return None
+        factor = self.cfg.capacity_factor_train if self.training else self.cfg.capacity_factor_eval
+        return routing.expert_capacity(num_tokens, self.num_experts, self.cfg.top_k, factor)
+
+    def experts(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Run expert e on its contiguous chunk of the permuted (N, D) tokens."""
+        outs = []
+        for e, chunk in enumerate(torch.split(xs, counts)):
+            if chunk.shape[0] == 0:
+                continue
+            h = F.silu(chunk @ self.w_gate[e]) * (chunk @ self.w_up[e])
+            outs.append(h @ self.w_down[e])
+        return torch.cat(outs) if outs else xs.new_zeros(0, xs.shape[1])
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        shape = x.shape
+        xf = x.reshape(-1, shape[-1])                       # (S, D)
+        S = xf.shape[0]
+        logits = F.linear(xf.float(), self.router.weight.float())   # (S, E + noop), fp32
+        route = routing.topk_route(logits, self.cfg.top_k, self.capacity(S, causal))
+        noop = route.expert_index >= self.num_experts
+        # No-op experts (integrated MoDE) do no work: their assignments leave the token on the
+        # residual, so they never enter the dispatch plan.
+        slot = torch.where(noop, torch.full_like(route.slot, -1), route.slot)
+        plan = routing.dispatch_plan(route.expert_index, slot, self.num_router_outputs)
+        counts = plan.counts[: self.num_experts]
+        ys = self.experts(routing.permute(xf, plan), counts.tolist())
+        out = routing.unpermute(ys, plan, route.weights, S).to(x.dtype)
+
+        self.aux = {
+            "moe_balance": switch_balance_loss(route.probs, route.expert_index),
+            "moe_z": router_z_loss(logits),
+        }
+        with torch.no_grad():
+            real = (~noop).sum().clamp_min(1)
+            utilisation, balance = load_stats(counts)
+            self.stats = {
+                "tokens_per_expert": counts.detach(),
+                "dropped_fraction": 1.0 - counts.sum().float() / real.float(),
+                "noop_fraction": noop.float().mean(),
+                "utilisation": utilisation,
+                "load_balance": balance,
+            }
+        return out.view(shape)
+
+    def weighted_aux_loss(self) -> torch.Tensor:
+        return self.cfg.aux_loss_coef * self.aux["moe_balance"] + self.cfg.z_loss_coef * self.aux["moe_z"]
