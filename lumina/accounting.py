@@ -73,7 +73,7 @@ def layer_params(cfg: ModelConfig, layer: int) -> int:
     return n
 
 
-def _layer_forward_flops(cfg: ModelConfig, layer: int, seq_len: int, capacity: float | None) -> float:
+def layer_forward_flops(cfg: ModelConfig, layer: int, seq_len: int, capacity: float | None) -> float:
     """Forward FLOPs per token of one layer, averaged over all tokens of the sequence."""
     d = cfg.hidden_size
     routed = layer in cfg.routed_layers()
@@ -95,7 +95,7 @@ def forward_flops_per_token(cfg: ModelConfig, seq_len: int | None = None,
     """Forward FLOPs per token; `mod_capacity` overrides the config's (e.g. a measured rate)."""
     T = seq_len or cfg.seq_length
     c = cfg if with_mod else cfg.replace(mod=None)
-    layers = sum(_layer_forward_flops(c, i, T, mod_capacity) for i in range(c.num_layers))
+    layers = sum(layer_forward_flops(c, i, T, mod_capacity) for i in range(c.num_layers))
     return layers + 2.0 * cfg.hidden_size * cfg.vocab_size  # LM head; the embedding is a lookup
 
 
