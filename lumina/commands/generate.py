@@ -1,0 +1,39 @@
+"""`lumina generate --load DIR --prompt TEXT`: sample from a checkpoint (temperature, top-p)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--load", required=True, help="checkpoint directory (as given to --save)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer-model", default=None, help="sentencepiece .model (default: embedded)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from lumina.data import load_tokenizer
+    from lumina.train.inference import generate, load_model
+
+    if not os.path.isdir(args.load):
+        raise ValueError(f"--load={args.load!r}: no such checkpoint directory")
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be > 0")
+    model, meta = load_model(args.load)
+    tokenizer = load_tokenizer(args.tokenizer_model)
+    if tokenizer.sha256 != meta.get("tokenizer_sha256"):
+        raise ValueError(f"--tokenizer-model={args.tokenizer_model!r} is not the tokenizer the checkpoint "
+                         "was trained with (sha256 differs)")
+    prompt = [tokenizer.bos_id] + tokenizer.encode(args.prompt)
+    out = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p,
+                   torch.Generator().manual_seed(args.seed), eos_id=tokenizer.eos_id)
+    print(args.prompt + tokenizer.decode(out))
+    return 0

@@ -1,0 +1,284 @@
+"""The training job: DeepSpeed engine, data, loop, eval, metrics, checkpoints and signals."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+
+from lumina.accounting import account
+from lumina.config import ModelConfig
+from lumina.model import LuminaLM
+from lumina.train import checkpoint, distributed
+from lumina.train.args import Resolved, resolve
+from lumina.train.dsconfig import bf16_enabled
+from lumina.train.dsconfig import build as build_ds_config
+from lumina.train.hardware import describe_device, peak_memory_bytes, peak_tflops
+from lumina.train.metrics import MetricsLogger, summary_table, write_summary
+from lumina.train.optim import lr_at, make_optimizer, param_groups
+
+EXIT_NONFINITE = 3
+
+
+def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
+    """Round the embedding up, as Megatron does, so the vocab splits evenly and GEMMs align."""
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+class _StopFlag:
+    """SIGTERM / SIGUSR1 (what SLURM sends before a kill or preemption) ask for save-and-exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+
+def _data(args: argparse.Namespace, seq: int, mbs: int, rank: int, dp: int, tokenizer):
+    from lumina.data import BatchLoader, embedded_corpus_shards, parse_data_path
+
+    if args.data_path is None or args.valid_data_path is None:
+        embedded_train, embedded_valid = embedded_corpus_shards()
+    if args.data_path is None:
+        train_prefixes, train_weights = [embedded_train], None
+    else:
+        train_prefixes, train_weights = parse_data_path(args.data_path)
+    if args.valid_data_path is None:
+        valid_prefixes, valid_weights = ([embedded_valid], None) if args.data_path is None else (None, None)
+    else:
+        valid_prefixes, valid_weights = parse_data_path(args.valid_data_path)
+    common = dict(seq_length=seq, micro_batch_size=mbs, dp_rank=rank, dp_size=dp, seed=args.seed,
+                  tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size)
+    if valid_prefixes is None:  # no validation set given: hold out the last documents of the data
+        train = BatchLoader(train_prefixes, train_weights, split="train", valid_fraction=0.05, **common)
+        valid = BatchLoader(train_prefixes, train_weights, split="valid", valid_fraction=0.05, **common)
+    else:
+        train = BatchLoader(train_prefixes, train_weights, **common)
+        valid = BatchLoader(valid_prefixes, valid_weights, **common)
+    return train, valid
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        distributed.ensure_env()
+        res: Resolved = resolve(args)
+        from lumina.data import load_tokenizer
+
+        self.tokenizer = load_tokenizer(args.tokenizer_model)
+        self.cfg: ModelConfig = res.model.replace(vocab_size=padded_vocab(self.tokenizer.vocab_size))
+        self.res = res
+        self.seq = self.cfg.seq_length
+        self.resume = None
+        if args.load is not None:  # refuse a wrong checkpoint before any process group exists
+            tag, meta = checkpoint.latest(args.load)
+            checkpoint.check_compatible(meta, self.cfg, res.world_size, args.load)
+            self.resume = (tag, meta)
+        self.run_dir = args.run_dir or os.path.join("runs", f"{self.cfg.name}_{self.cfg.mode}")
+        self.save_dir = args.save or os.path.join(self.run_dir, "checkpoints")
+        self.ds_config = build_ds_config(res, args.ds_config, args.zero_stage, args.bf16,
+                                         args.clip_grad, on_cpu=not torch.cuda.is_available())
+
+        self.device = distributed.device()
+        distributed.init(self.device)
+        import torch.distributed as dist
+
+        self.rank = dist.get_rank()
+        self.train_loader, self.valid_loader = _data(args, self.seq, res.micro_batch_size, self.rank,
+                                                     res.dp_size, self.tokenizer)
+        torch.manual_seed(args.seed)  # identical init on every rank
+        model = LuminaLM(self.cfg)
+        model.set_activation_checkpointing(args.recompute_activations)
+        zero = self.ds_config.get("zero_optimization", {})
+        offload = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
+        self.optimizer = make_optimizer(param_groups(model, args.weight_decay), args.lr,
+                                        (args.adam_beta1, args.adam_beta2), args.adam_eps, offload)
+        import deepspeed
+
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
+                                                    config=self.ds_config)
+        self.model: LuminaLM = self.engine.module
+        self.bf16 = bf16_enabled(self.ds_config)
+        self.iteration = 0
+        if self.resume is not None:
+            tag, meta = self.resume
+            self.engine.load_checkpoint(args.load, tag=tag, load_lr_scheduler_states=False)
+            state = checkpoint.load_rank_state(args.load, tag, self.rank)
+            self.train_loader.load_state_dict(state["loader"])
+            checkpoint.set_rng_state(state["rng"])
+            self.iteration = meta["iteration"]
+        self.acc = account(self.cfg, self.seq)
+        self.peak, self.peak_source = peak_tflops(self.device, args.peak_tflops)
+        self.stop = _StopFlag()
+        self.log = MetricsLogger(self.run_dir, args.tensorboard_dir or os.path.join(self.run_dir, "tensorboard"),
+                                 args.train_iters, self.iteration, enabled=self.rank == 0,
+                                 progress=not args.no_progress)
+
+    # -- one iteration ----------------------------------------------------------------------
+    def _zero_loss(self) -> torch.Tensor:
+        """A loss whose gradient is exactly zero for every parameter: keeps DeepSpeed's
+        accumulation and gradient hooks in step when a micro-batch is skipped."""
+        return sum(p.sum() for p in self.engine.module.parameters()) * 0.0
+
+    def train_iteration(self) -> tuple[float | None, dict]:
+        """Run one global batch. Returns (mean LM loss over DP, routing stats) or (None, {}) when a
+        non-finite loss made every rank skip the update."""
+        lr = lr_at(self.iteration, self.args.lr, self.args.min_lr, self.args.lr_warmup_iters, self.args.train_iters)
+        self.lr = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        lm_losses, skipped, self.grad_norm = [], False, None
+        for _ in range(self.res.grad_accum):
+            batch = self.train_loader.next_batch().to(self.device)  # consumed even when skipped
+            if skipped:
+                self.engine.backward(self._zero_loss())
+                self.engine.step()
+                continue
+            out = self.engine(batch[:, :-1], labels=batch[:, 1:])
+            loss = out.loss + out.aux_loss
+            if self.iteration + 1 in self.args.debug_nan_iters:
+                loss = loss * float("nan")
+            if distributed.any_rank(not bool(torch.isfinite(loss)), self.device):
+                skipped = True
+                self.optimizer.skip_next = True  # consumed by the step at the accumulation boundary
+                self.engine.backward(self._zero_loss())
+            else:
+                self.engine.backward(loss)
+                lm_losses.append(float(out.loss.detach()))
+            if self.engine.is_gradient_accumulation_boundary():
+                self.grad_norm = self._unsharded_grad_norm()
+            self.engine.step()
+        if skipped:
+            return None, {}
+        return distributed.all_reduce_mean([sum(lm_losses) / len(lm_losses)], self.device)[0], self.model.routing_stats()
+
+    def _unsharded_grad_norm(self) -> float | None:
+        """Pre-clip global gradient norm when DeepSpeed does not track one (ZeRO-0, fp32): the
+        gradients are already all-reduced at the boundary, so the local norm is the global one."""
+        if self.engine.zero_optimization() or self.bf16:
+            return None
+        grads = [p.grad.detach().float() for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Mean held-out LM loss over --eval-iters micro-batches, the same batches every time."""
+        if self.args.eval_iters == 0:
+            return None
+        state = self.valid_loader.state_dict()
+        self.model.eval()
+        total = 0.0
+        for _ in range(self.args.eval_iters):
+            batch = self.valid_loader.next_batch().to(self.device)
+            total += float(self.model(batch[:, :-1], labels=batch[:, 1:]).loss)
+        self.valid_loader.load_state_dict(state)
+        self.model.train()
+        return distributed.all_reduce_mean([total / self.args.eval_iters], self.device)[0]
+
+    # -- the job ----------------------------------------------------------------------------
+    def save(self) -> str:
+        return checkpoint.save(self.engine, self.save_dir, self.iteration, self.cfg,
+                               self.train_loader.state_dict(), self.res.world_size, self.args.keep_last,
+                               {"preset": self.cfg.name, "mode": self.cfg.mode,
+                                "tokenizer_sha256": self.tokenizer.sha256})
+
+    def run(self) -> int:
+        args, res = self.args, self.res
+        tokens_per_iter = res.global_batch_size * self.seq
+        self.log.print(
+            f"lumina: {self.cfg.name}/{self.cfg.mode}, {self.acc.params_total / 1e6:.2f}M params "
+            f"({self.acc.params_active / 1e6:.2f}M active), {res.world_size} rank(s) on "
+            f"{describe_device(self.device)}, global batch {res.global_batch_size} x {self.seq} tokens "
+            f"(micro {res.micro_batch_size} x accumulation {res.grad_accum} x DP {res.dp_size}), "
+            f"ZeRO {self.ds_config.get('zero_optimization', {}).get('stage', 0)}, "
+            f"{'bf16' if self.bf16 else 'fp32'}; peak {self.peak:.3f} TFLOP/s ({self.peak_source})")
+        start_iter, start_time = self.iteration, time.perf_counter()
+        window_start, window_iters = time.perf_counter(), 0
+        bad_in_row, last_loss, last_eval, stats, record = 0, None, None, {}, {}
+        while self.iteration < args.train_iters:
+            loss, it_stats = self.train_iteration()
+            self.iteration += 1
+            if loss is None:
+                bad_in_row += 1
+                self.log.log({"iteration": self.iteration, "split": "train", "skipped": True,
+                              "reason": "non-finite loss", "nonfinite_in_row": bad_in_row})
+                if bad_in_row >= args.max_nonfinite_iters:
+                    self.log.print(
+                        f"lumina: stopping: {bad_in_row} iterations in a row had a NaN/inf loss "
+                        f"(--max-nonfinite-iters={args.max_nonfinite_iters}); the last good "
+                        f"checkpoint in {self.save_dir} is kept. Lower --lr or check the data.")
+                    self.log.close()
+                    return EXIT_NONFINITE
+            else:
+                bad_in_row, last_loss, stats = 0, loss, it_stats
+            window_iters += 1
+            self.log.step(last_loss if last_loss is not None else float("nan"))
+            if self.iteration % args.log_interval == 0 or self.iteration == args.train_iters:
+                elapsed = time.perf_counter() - window_start
+                record = self._train_record(last_loss, stats, window_iters * tokens_per_iter / elapsed)
+                self.log.log(record)
+                window_start, window_iters = time.perf_counter(), 0
+            if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:
+                last_eval = self.evaluate()
+                if last_eval is not None:
+                    self.log.log({"iteration": self.iteration, "split": "valid", "loss": last_eval,
+                                  "ppl": math.exp(min(last_eval, 50.0))})
+            stop = distributed.any_rank(self.stop.signal is not None, self.device)
+            due = self.iteration % args.save_interval == 0 or self.iteration == args.train_iters
+            if (due and bad_in_row == 0) or stop:
+                path = self.save()
+                self.log.print(f"lumina: saved checkpoint {path}")
+            if stop:
+                self.log.print(f"lumina: received signal {self.stop.signal or 'on another rank'}; "
+                               f"checkpoint saved at iteration {self.iteration}, exiting cleanly")
+                self.log.close()
+                return 0
+        total_time = time.perf_counter() - start_time
+        summary = {**record, "final_loss": last_loss, "final_ppl": math.exp(min(last_loss, 50.0)) if last_loss else None,
+                   "valid_loss": last_eval, "train_time_s": total_time,
+                   "iterations": self.iteration - start_iter,
+                   "tokens_per_s": (self.iteration - start_iter) * tokens_per_iter / total_time,
+                   "flops_reduction": 1.0 - self.acc.mod_flops_ratio}
+        if self.rank == 0:
+            write_summary(self.run_dir, summary)
+        self.log.print("\n" + summary_table(summary))
+        self.log.print(f"\nlumina: checkpoint {os.path.abspath(self.save_dir)}\n"
+                       f"lumina: metrics    {os.path.abspath(self.log.path)}\n"
+                       f"lumina: logs       {os.path.abspath(os.path.join(self.run_dir, 'train.log'))}\n"
+                       f"lumina: tensorboard --logdir {os.path.abspath(args.tensorboard_dir or os.path.join(self.run_dir, 'tensorboard'))}")
+        self.log.close()
+        return 0
+
+    def _train_record(self, loss: float | None, stats: dict, tokens_per_s: float) -> dict:
+        tflops = self.acc.flops_per_token * tokens_per_s / 1e12 / self.res.world_size
+        record = {"iteration": self.iteration, "split": "train", "loss": loss,
+                  "ppl": math.exp(min(loss, 50.0)) if loss is not None else None,
+                  "lr": self.lr, "grad_norm": _grad_norm(self.engine, self.grad_norm),
+                  "tokens_per_s": tokens_per_s, "tflops": tflops, "mfu": tflops / self.peak,
+                  "peak_mem_gb": peak_memory_bytes(self.device) / 2**30,
+                  "mod_flops_ratio": self.acc.mod_flops_ratio if self.cfg.mod else None}
+        record.update(stats)
+        return record
+
+
+def _grad_norm(engine, fallback: float | None) -> float | None:
+    norm = engine.get_global_grad_norm()
+    return float(norm) if norm is not None else fallback
+
+
+def train(args: argparse.Namespace) -> int:
+    try:
+        trainer = Trainer(args)
+    except ValueError as exc:
+        print(f"lumina: error: {exc}", file=sys.stderr)
+        return 2
+    return trainer.run()

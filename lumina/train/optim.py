@@ -1,0 +1,72 @@
+"""AdamW with param groups that keep weight decay off norms and biases, expert groups as
+DeepSpeed expects, a skippable step for non-finite losses, and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class _SkipNextStep:
+    """Mixin: an optimizer whose next step can be skipped, leaving moments, step count and
+    weights untouched. DeepSpeed (ZeRO 0-3, bf16, offload) calls the client optimizer's step() at
+    the accumulation boundary, so skipping here works under every one of them."""
+
+    skip_next: bool = False
+
+    def step(self, *args, **kwargs):
+        if self.skip_next:
+            self.skip_next = False
+            return None
+        return super().step(*args, **kwargs)
+
+
+class SkippableAdamW(_SkipNextStep, torch.optim.AdamW):
+    pass
+
+
+def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
+                   cpu_offload: bool) -> torch.optim.Optimizer:
+    """torch AdamW; with ZeRO-Offload, DeepSpeed's CPU Adam in AdamW mode (DeepSpeed refuses
+    other optimizers there, and its vectorised CPU step is what makes offload bearable)."""
+    if not cpu_offload:
+        return SkippableAdamW(groups, lr=lr, betas=betas, eps=eps)
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    class SkippableCPUAdam(_SkipNextStep, DeepSpeedCPUAdam):
+        pass
+
+    return SkippableCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norms, biases and 1-D params get none. Expert weights go in their
+    own groups marked the way DeepSpeed's MoE utilities mark them (`moe: True`, `name`)."""
+    decay, no_decay, experts = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if getattr(p, "is_expert", False):
+            experts.append(p)
+        elif p.ndim < 2 or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"name": "decay", "params": decay, "weight_decay": weight_decay},
+              {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+    if experts:
+        groups.append({"name": "experts", "params": experts, "weight_decay": weight_decay, "moe": True})
+    return [g for g in groups if g["params"]]
+
+
+def lr_at(iteration: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `total` (Loshchilov & Hutter 2017).
+
+    A pure function of the iteration, so resuming needs no scheduler state.
+    """
+    if warmup > 0 and iteration < warmup:
+        return lr * (iteration + 1) / warmup
+    progress = min(1.0, (iteration - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
