@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer.sha256 != meta.get("tokenizer_sha256"):
         raise ValueError(f"--tokenizer-model={args.tokenizer_model!r} is not the tokenizer the checkpoint "
                          "was trained with (sha256 differs)")
-    prompt = [tokenizer.bos_id] + tokenizer.encode(args.prompt)
+    # Training documents follow an EOS in the token stream, so EOS is the start-of-document context.
+    prompt = [tokenizer.eos_id] + tokenizer.encode(args.prompt)
     out = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p,
                    torch.Generator().manual_seed(args.seed), eos_id=tokenizer.eos_id)
     print(args.prompt + tokenizer.decode(out))
