@@ -13,7 +13,13 @@ import sys
 
 # name -> (module, one-line help). Registration order is the order `lumina --help` shows.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lumina.commands.train", "train a model in this process (default: debug hybrid on the embedded corpus)"),
+    "eval": ("lumina.commands.eval", "held-out loss and perplexity of a checkpoint"),
+    "generate": ("lumina.commands.generate", "sample text from a checkpoint"),
     "presets": ("lumina.commands.presets", "list the 32 preset configs with parameter and FLOP counts"),
+    "tokenizer": ("lumina.commands.tokenizer", "train a lossless sentencepiece tokenizer"),
+    "prepare-data": ("lumina.commands.prepare_data", "tokenize text into resumable, memory-mapped token shards"),
+    "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
 }
 
 

@@ -17,7 +17,16 @@ if [[ ! -x "$NVCC" ]]; then
     echo "check_cuda_compile: nvcc not found (set NVCC or put it on PATH)" >&2
     exit 2
 fi
-CUDA_ROOT="$(cd "$(dirname "$(readlink -f "$NVCC")")/.." && pwd)"
+# The toolkit root, for cuda_runtime_api.h: CUDA_HOME, else next to nvcc, else /usr/local/cuda
+# (nvcc may be a wrapper script elsewhere on PATH).
+CUDA_ROOT=""
+for root in "${CUDA_HOME:-}" "$(dirname "$(readlink -f "$NVCC")")/.." /usr/local/cuda; do
+    if [[ -n "$root" && -f "$root/include/cuda_runtime_api.h" ]]; then CUDA_ROOT="$root"; break; fi
+done
+if [[ -z "$CUDA_ROOT" ]]; then
+    echo "check_cuda_compile: CUDA headers not found (set CUDA_HOME)" >&2
+    exit 2
+fi
 
 # torch's include paths and the nvcc flags torch.utils.cpp_extension adds for extensions.
 mapfile -t TORCH_INFO < <(python - <<'EOF'

@@ -1,0 +1,61 @@
+// lumina._C: the routing kernels as plain functions. lumina/ops/routing.py registers the
+// torch.library custom ops (schemas, fake implementations, autograd) and calls these from them;
+// lumina/ops/backend.py decides which of them serve a tensor. The GIL is released while a kernel
+// runs.
+#include "routing.h"
+
+// The tensor and dtype casters alone; torch/extension.h would pull in the whole C++ frontend.
+#include <pybind11/pybind11.h>
+#include <torch/csrc/utils/pybind.h>
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename F>
+void def(py::module_& m, const char* name, F f, const char* doc) {
+  m.def(name, f, doc, py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Lumina routing kernels (C++ CPU, and CUDA when built with it)";
+  m.attr("API_VERSION") = lumina::kApiVersion;
+#ifdef _OPENMP
+  m.attr("OPENMP") = true;
+#else
+  m.attr("OPENMP") = false;
+#endif
+
+  def(m, "topk_route_cpu", &lumina::topk_route_cpu, "top-k routing with capacity slots");
+  def(m, "topk_route_backward_cpu", &lumina::topk_route_backward_cpu, "gradient of topk_route w.r.t. logits");
+  def(m, "dispatch_plan_cpu", &lumina::dispatch_plan_cpu, "expert-contiguous order of kept assignments");
+  def(m, "permute_cpu", &lumina::permute_cpu, "tokens to expert order");
+  def(m, "permute_backward_cpu", &lumina::permute_backward_cpu, "gradient of permute");
+  def(m, "unpermute_cpu", &lumina::unpermute_cpu, "weighted combine back to token order");
+  def(m, "unpermute_backward_cpu", &lumina::unpermute_backward_cpu, "gradients of unpermute");
+  def(m, "expert_histogram_cpu", &lumina::expert_histogram_cpu, "assignments per expert");
+  def(m, "mod_select_cpu", &lumina::mod_select_cpu, "per-sequence top-k positions, ascending");
+  def(m, "gather_tokens_cpu", &lumina::gather_tokens_cpu, "gather selected rows");
+  def(m, "gather_tokens_backward_cpu", &lumina::gather_tokens_backward_cpu, "gradient of gather_tokens");
+  def(m, "scatter_tokens_cpu", &lumina::scatter_tokens_cpu, "replace selected rows, out of place");
+
+#ifdef LUMINA_WITH_CUDA
+  m.attr("HAS_CUDA") = true;
+  def(m, "topk_route_cuda", &lumina::topk_route_cuda, "top-k routing with capacity slots");
+  def(m, "topk_route_backward_cuda", &lumina::topk_route_backward_cuda, "gradient of topk_route w.r.t. logits");
+  def(m, "dispatch_plan_cuda", &lumina::dispatch_plan_cuda, "expert-contiguous order of kept assignments");
+  def(m, "permute_cuda", &lumina::permute_cuda, "tokens to expert order");
+  def(m, "permute_backward_cuda", &lumina::permute_backward_cuda, "gradient of permute");
+  def(m, "unpermute_cuda", &lumina::unpermute_cuda, "weighted combine back to token order");
+  def(m, "unpermute_backward_cuda", &lumina::unpermute_backward_cuda, "gradients of unpermute");
+  def(m, "expert_histogram_cuda", &lumina::expert_histogram_cuda, "assignments per expert");
+  def(m, "mod_select_cuda", &lumina::mod_select_cuda, "per-sequence top-k positions, ascending");
+  def(m, "gather_tokens_cuda", &lumina::gather_tokens_cuda, "gather selected rows");
+  def(m, "gather_tokens_backward_cuda", &lumina::gather_tokens_backward_cuda, "gradient of gather_tokens");
+  def(m, "scatter_tokens_cuda", &lumina::scatter_tokens_cuda, "replace selected rows, out of place");
+#else
+  m.attr("HAS_CUDA") = false;
+#endif
+}

@@ -1,0 +1,60 @@
+// Routing kernels behind lumina.ops.routing: the tensor-level entry points of the CPU and CUDA
+// implementations. The Python front validates shapes and dtypes before calling these; the kernels
+// check index values as they read them. A bad value throws std::invalid_argument, which pybind11
+// raises in Python as ValueError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace lumina {
+
+// Bumped when a signature below changes, so a stale build is refused instead of misused.
+constexpr int64_t kApiVersion = 1;
+
+// (expert_index (S, k) int64, weights (S, k), slot (S, k) int64, probs (S, E)); capacity < 0 is
+// unlimited. weights and probs are fp32, or fp64 for fp64 logits.
+std::vector<at::Tensor> topk_route_cpu(const at::Tensor& logits, int64_t top_k, int64_t capacity);
+at::Tensor topk_route_backward_cpu(const at::Tensor& grad_weights, const at::Tensor& grad_probs,
+                                   const at::Tensor& probs, const at::Tensor& expert_index,
+                                   const at::Tensor& weights, at::ScalarType logits_dtype);
+// (token_index (N,), assign_index (N,), counts (E,)), all int64.
+std::vector<at::Tensor> dispatch_plan_cpu(const at::Tensor& expert_index, const at::Tensor& slot,
+                                          int64_t num_experts);
+at::Tensor permute_cpu(const at::Tensor& x, const at::Tensor& token_index);
+at::Tensor permute_backward_cpu(const at::Tensor& grad, const at::Tensor& token_index, int64_t num_tokens);
+at::Tensor unpermute_cpu(const at::Tensor& y, const at::Tensor& token_index, const at::Tensor& assign_index,
+                         const at::Tensor& weights, int64_t num_tokens);
+std::vector<at::Tensor> unpermute_backward_cpu(const at::Tensor& grad_out, const at::Tensor& y,
+                                               const at::Tensor& token_index, const at::Tensor& assign_index,
+                                               const at::Tensor& weights);
+at::Tensor expert_histogram_cpu(const at::Tensor& expert_index, int64_t num_experts);
+at::Tensor mod_select_cpu(const at::Tensor& scores, int64_t k);
+at::Tensor gather_tokens_cpu(const at::Tensor& x, const at::Tensor& index);
+at::Tensor gather_tokens_backward_cpu(const at::Tensor& grad, const at::Tensor& index, int64_t seq_len);
+at::Tensor scatter_tokens_cpu(const at::Tensor& x, const at::Tensor& index, const at::Tensor& values);
+
+#ifdef LUMINA_WITH_CUDA
+std::vector<at::Tensor> topk_route_cuda(const at::Tensor& logits, int64_t top_k, int64_t capacity);
+at::Tensor topk_route_backward_cuda(const at::Tensor& grad_weights, const at::Tensor& grad_probs,
+                                    const at::Tensor& probs, const at::Tensor& expert_index,
+                                    const at::Tensor& weights, at::ScalarType logits_dtype);
+std::vector<at::Tensor> dispatch_plan_cuda(const at::Tensor& expert_index, const at::Tensor& slot,
+                                           int64_t num_experts);
+at::Tensor permute_cuda(const at::Tensor& x, const at::Tensor& token_index);
+at::Tensor permute_backward_cuda(const at::Tensor& grad, const at::Tensor& token_index, int64_t num_tokens);
+at::Tensor unpermute_cuda(const at::Tensor& y, const at::Tensor& token_index, const at::Tensor& assign_index,
+                          const at::Tensor& weights, int64_t num_tokens);
+std::vector<at::Tensor> unpermute_backward_cuda(const at::Tensor& grad_out, const at::Tensor& y,
+                                                const at::Tensor& token_index, const at::Tensor& assign_index,
+                                                const at::Tensor& weights);
+at::Tensor expert_histogram_cuda(const at::Tensor& expert_index, int64_t num_experts);
+at::Tensor mod_select_cuda(const at::Tensor& scores, int64_t k);
+at::Tensor gather_tokens_cuda(const at::Tensor& x, const at::Tensor& index);
+at::Tensor gather_tokens_backward_cuda(const at::Tensor& grad, const at::Tensor& index, int64_t seq_len);
+at::Tensor scatter_tokens_cuda(const at::Tensor& x, const at::Tensor& index, const at::Tensor& values);
+#endif
+
+}  // namespace lumina

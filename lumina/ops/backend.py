@@ -1,0 +1,123 @@
+"""Which implementation serves a routing op: the compiled kernels of `lumina._C`, or the reference.
+
+A CPU tensor goes to the C++ kernels and a CUDA tensor to the CUDA kernels when the extension has
+them; anything else (no extension, a build without CUDA, another device, an unsupported dtype)
+runs the PyTorch reference in `lumina.ops.routing_reference`. A missing kernel is reported by one
+warning per process and reason, never an error.
+
+LUMINA_ROUTING_BACKEND=reference forces the reference everywhere (for debugging and benchmarks).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+
+# Must equal lumina::kApiVersion in csrc/routing.h; a stale build is refused, not misused.
+API_VERSION = 1
+
+OPS = ("topk_route", "dispatch_plan", "permute", "unpermute", "expert_histogram", "mod_select",
+       "gather_tokens", "scatter_tokens")
+
+# (op, device type) -> dtypes the kernel does not take; those tensors run the reference.
+_UNSUPPORTED_DTYPES: dict[tuple[str, str], frozenset[torch.dtype]] = {
+    ("topk_route", "cuda"): frozenset({torch.float64}),
+    ("topk_route_backward", "cuda"): frozenset({torch.float64}),
+}
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"loaded": False, "module": None, "error": None}
+_warned: set[str] = set()
+
+
+class RoutingKernelWarning(UserWarning):
+    """A routing op runs the PyTorch reference because its compiled kernel is unavailable."""
+
+
+def _import_extension() -> ModuleType:
+    """Import `lumina._C`; tests replace this to simulate a missing build."""
+    return importlib.import_module("lumina._C")
+
+
+def load_extension() -> ModuleType | None:
+    """The compiled extension, or None (the reason is in `extension_error()`)."""
+    with _lock:
+        if not _state["loaded"]:
+            _state["loaded"] = True
+            try:
+                module = _import_extension()
+                version = getattr(module, "API_VERSION", None)
+                if version != API_VERSION:
+                    raise ImportError(f"lumina._C has API version {version}, this checkout expects "
+                                      f"{API_VERSION}: rebuild it")
+                _state["module"] = module
+            except Exception as exc:  # noqa: BLE001 - any load failure means "use the reference"
+                _state["error"] = f"{type(exc).__name__}: {exc}"
+        return _state["module"]  # type: ignore[return-value]
+
+
+def extension_error() -> str | None:
+    load_extension()
+    return _state["error"]  # type: ignore[return-value]
+
+
+def reset() -> None:
+    """Forget the loaded extension and the warnings given (for tests)."""
+    with _lock:
+        _state.update(loaded=False, module=None, error=None)
+        _warned.clear()
+
+
+def forced_reference() -> bool:
+    return os.environ.get("LUMINA_ROUTING_BACKEND", "auto").lower() == "reference"
+
+
+def _warn_once(key: str, message: str) -> None:
+    with _lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(message, RoutingKernelWarning, stacklevel=4)
+
+
+def describe(op: str, device_type: str) -> str:
+    """The backend that serves `op` for tensors on `device_type`, in words (for `lumina doctor`)."""
+    if forced_reference():
+        return "reference (LUMINA_ROUTING_BACKEND=reference)"
+    module = load_extension()
+    if module is None:
+        return f"reference (lumina._C not loaded: {extension_error()})"
+    if device_type == "cpu":
+        omp = "OpenMP" if getattr(module, "OPENMP", False) else "no OpenMP"
+        return f"C++ kernel ({omp}, {torch.get_num_threads()} threads)"
+    if device_type == "cuda":
+        if not getattr(module, "HAS_CUDA", False):
+            return "reference (lumina._C was built without CUDA)"
+        unsupported = _UNSUPPORTED_DTYPES.get((op, device_type))
+        note = f"; {', '.join(str(d) for d in sorted(unsupported, key=str))} use the reference" if unsupported else ""
+        return f"CUDA kernel{note}"
+    return "reference"
+
+
+def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:
+    """The compiled function for `op` on this device and dtype, or None for the reference."""
+    if device.type not in ("cpu", "cuda") or forced_reference():
+        return None
+    module = load_extension()
+    if module is None:
+        _warn_once("extension", f"lumina._C is not available ({extension_error()}); routing ops run the "
+                   "PyTorch reference. Build the kernels with: pip install --no-build-isolation -e .")
+        return None
+    if device.type == "cuda" and not getattr(module, "HAS_CUDA", False):
+        _warn_once("cuda", "lumina._C was built without CUDA kernels; routing ops on CUDA tensors run the "
+                   "PyTorch reference. Rebuild on a machine with a CUDA torch (or LUMINA_BUILD_CUDA=1).")
+        return None
+    if dtype is not None and dtype in _UNSUPPORTED_DTYPES.get((op, device.type), ()):
+        return None
+    return getattr(module, f"{op}_{device.type}")
