@@ -18,7 +18,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.attn = Attention(cfg, layers)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp: nn.Module = MoE(cfg) if cfg.moe is not None else SwiGLU(cfg, layers)
+        self.mlp: nn.Module = MoE(cfg, layers) if cfg.moe is not None else SwiGLU(cfg, layers)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 causal: bool = False) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lumina.model.init import mark
+
 
 class LayerFactory:
     """Plain single-device torch layers. Subclasses swap in parallel ones.
@@ -32,7 +34,20 @@ class LayerFactory:
     def embedding(self, num_embeddings: int, dim: int, init_std: float) -> nn.Module:
         emb = nn.Embedding(num_embeddings, dim)
         nn.init.normal_(emb.weight, mean=0.0, std=init_std)
+        mark(emb.weight, init_std)
         return emb
+
+    def tp_copy(self, x: torch.Tensor) -> torch.Tensor:
+        """Enter a tensor-parallel region: identity forward, all-reduce of the gradient backward."""
+        return x
+
+    def tp_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Leave it: all-reduce of partial sums forward, identity backward."""
+        return x
+
+    @property
+    def tp_rank(self) -> int:
+        return 0
 
     def lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(B, T, D) x (V, D) -> (B, T, V) logits (vocab-sharded under tensor parallel)."""
@@ -46,6 +61,7 @@ class LayerFactory:
 def _linear(in_features: int, out_features: int, init_std: float) -> nn.Linear:
     layer = nn.Linear(in_features, out_features, bias=False)
     nn.init.normal_(layer.weight, mean=0.0, std=init_std)
+    mark(layer.weight, init_std)
     return layer
 
 

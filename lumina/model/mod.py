@@ -20,6 +20,7 @@ from torch import nn
 
 from lumina.config import ModelConfig
 from lumina.model.block import Block
+from lumina.model.init import mark
 from lumina.ops import routing
 
 
@@ -32,10 +33,14 @@ class MoDBlock(nn.Module):
         self.block = block
         d = cfg.hidden_size
         self.router = nn.Linear(d, 1, bias=False)
-        nn.init.normal_(self.router.weight, mean=0.0, std=cfg.init_std)
         self.predictor = nn.Sequential(
             nn.Linear(d, cfg.mod.predictor_hidden, bias=True), nn.SiLU(),
             nn.Linear(cfg.mod.predictor_hidden, 1, bias=True))
+        for linear in (self.router, self.predictor[0], self.predictor[2]):
+            nn.init.normal_(linear.weight, mean=0.0, std=cfg.init_std)
+            mark(linear.weight, cfg.init_std)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
         self.aux: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumina.config import ModelConfig
-from lumina.model.layers import scaled_init_std
+from lumina.model.init import mark
+from lumina.model.layers import LayerFactory, scaled_init_std
 from lumina.ops import routing
 
 
@@ -48,11 +49,16 @@ def load_stats(tokens_per_expert: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 class MoE(nn.Module):
     """Replaces a block's SwiGLU MLP with `num_experts` SwiGLU experts of the same width."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory | None = None):
         super().__init__()
         assert cfg.moe is not None
         self.cfg = cfg.moe
+        self.layers = layers or LayerFactory()
+        tp, tp_rank = self.layers.tp_size, self.layers.tp_rank
         E, d, f = cfg.moe.num_experts, cfg.hidden_size, cfg.ffn_hidden_size
+        if f % tp:
+            raise ValueError(f"tensor parallel size {tp} must divide ffn_hidden_size={f} (experts are tensor-parallel)")
+        f //= tp
         self.num_experts = E
         self.num_router_outputs = E + cfg.moe.num_noop_experts
         self.router = nn.Linear(d, self.num_router_outputs, bias=False)
@@ -61,11 +67,14 @@ class MoE(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(E, d, f))
         self.w_up = nn.Parameter(torch.empty(E, d, f))
         self.w_down = nn.Parameter(torch.empty(E, f, d))
-        std = cfg.init_std
-        for p in (self.router.weight, self.w_gate, self.w_up):
-            nn.init.normal_(p, mean=0.0, std=std)
-        nn.init.normal_(self.w_down, mean=0.0, std=scaled_init_std(std, cfg.num_layers))
-        for p in (self.w_gate, self.w_up, self.w_down):
+        std, out_std = cfg.init_std, scaled_init_std(cfg.init_std, cfg.num_layers)
+        nn.init.normal_(self.router.weight, mean=0.0, std=std)
+        mark(self.router.weight, std)
+        # Expert tensor parallel: each expert's FFN width is split like the dense MLP's
+        # (gate/up by columns, down by rows); the router is replicated on every TP rank.
+        for p, s, dim in ((self.w_gate, std, 2), (self.w_up, std, 2), (self.w_down, out_std, 1)):
+            nn.init.normal_(p, mean=0.0, std=s)
+            mark(p, s, partition_dim=dim, partition_rank=tp_rank, partition_size=tp, expert_offset=0)
             p.is_expert = True  # read by the trainer to build DeepSpeed's expert param groups
         self.aux: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
@@ -100,7 +109,10 @@ class MoE(nn.Module):
         slot = torch.where(noop, torch.full_like(route.slot, -1), route.slot)
         plan = routing.dispatch_plan(route.expert_index, slot, self.num_router_outputs)
         counts = plan.counts[: self.num_experts]
-        ys = self.experts(routing.permute(xf, plan), counts.tolist())
+        # Under tensor parallel each rank computes a slice of every expert's FFN: the input enters
+        # the TP region (its gradient is all-reduced) and the partial outputs are summed before
+        # the router weights apply, so the router's gradient is whole on every rank.
+        ys = self.layers.tp_reduce(self.experts(routing.permute(self.layers.tp_copy(xf), plan), counts.tolist()))
         out = routing.unpermute(ys, plan, route.weights, S).to(x.dtype)
 
         self.aux = {

@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lumina.config import ModelConfig
 from lumina.model.block import Block
+from lumina.model.init import initialize
 from lumina.model.layers import LayerFactory, RMSNorm, rope_tables
 from lumina.model.mod import MoDBlock
 from lumina.model.moe import MoE
@@ -24,7 +25,9 @@ class LMOutput:
 
 
 class LuminaLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, layers: LayerFactory | None = None):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory | None = None, init_seed: int | None = None):
+        """init_seed: draw every weight from (seed, name), the same under any parallel layout
+        (lumina.model.init); None keeps torch's global-RNG construction-time init."""
         super().__init__()
         self.cfg = cfg
         layers = layers or LayerFactory()
@@ -42,6 +45,10 @@ class LuminaLM(nn.Module):
         cos, sin = rope_tables(cfg.seq_length, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        for name, p in self.named_parameters():
+            p.init_name = name  # stable across pipeline stages, which rename modules
+        if init_seed is not None:
+            initialize(self, init_seed)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in backward instead of storing them."""

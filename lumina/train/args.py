@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from lumina.config import MODES, ModelConfig, MoDConfig, MoEConfig
+from lumina.parallel.layout import add_parallel_args
 from lumina.presets import SIZES, get_preset
 
 # Flags that only mean something in one mode: value None means "not given".
@@ -82,6 +83,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--zero-stage", type=int, default=None, choices=(0, 1, 2, 3),
                    help="ZeRO stage when no --ds_config is given (default 0)")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_parallel_args(parser)
     # Test hook: iterations whose loss is replaced by NaN, to exercise the non-finite path.
     g.add_argument("--debug-nan-iters", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
 
@@ -157,7 +159,11 @@ def resolve(args: argparse.Namespace, world_size: int | None = None) -> Resolved
     if args.load is not None and not os.path.isdir(args.load):
         raise ValueError(f"--load={args.load!r}: no such checkpoint directory")
     cfg = model_config(args)
-    dp = world  # tensor/pipeline/expert parallel sizes arrive with the parallelism issue
+    model_parallel = args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+    if model_parallel <= 0 or world % model_parallel:
+        raise ValueError(f"--tensor-model-parallel-size x --pipeline-model-parallel-size = {model_parallel} "
+                         f"does not divide the world size {world}")
+    dp = world // model_parallel
     mbs = args.micro_batch_size
     gbs = args.global_batch_size if args.global_batch_size is not None else mbs * dp
     if gbs <= 0 or gbs % (mbs * dp):

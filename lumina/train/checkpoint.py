@@ -104,12 +104,27 @@ def load_rank_state(load_dir: str, tag: str, rank: int) -> dict:
 
 
 def load_model_weights(load_dir: str) -> tuple[dict, dict]:
-    """(model state_dict, metadata) from the latest checkpoint, for eval and generation."""
+    """(full model state_dict, metadata) from the latest checkpoint, for eval and generation.
+    Tensor-parallel shards (mp_rank_00, mp_rank_01, ...) are concatenated back."""
     tag, meta = latest(load_dir)
     ckpt = os.path.join(load_dir, tag)
-    states = os.path.join(ckpt, "mp_rank_00_model_states.pt")
-    state = torch.load(states, map_location="cpu", weights_only=False).get("module") if os.path.isfile(states) else None
-    if not state:  # ZeRO-3 keeps parameters partitioned: consolidate them
+    shards = sorted(f for f in os.listdir(ckpt) if f.startswith("mp_rank_") and f.endswith("_model_states.pt"))
+    states = [torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False).get("module") for f in shards]
+    if not shards or not states[0]:  # ZeRO-3 keeps parameters partitioned: consolidate them
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        state = get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)
-    return {k: v.float() for k, v in state.items()}, meta
+        states = [get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)]
+    full_shapes = _full_shapes(ModelConfig.from_dict(meta["model"]))
+    merged = {}
+    for key, first in states[0].items():
+        if key not in full_shapes:  # e.g. megatron layers' `_extra_state` placeholders
+            continue
+        dims = [d for d in range(first.dim()) if first.shape[d] != full_shapes[key][d]]
+        merged[key] = torch.cat([s[key] for s in states], dim=dims[0]).float() if dims else first.float()
+    return merged, meta
+
+
+def _full_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    from lumina.model import LuminaLM
+
+    with torch.device("meta"):
+        return {k: v.shape for k, v in LuminaLM(cfg).state_dict().items()}

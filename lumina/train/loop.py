@@ -13,10 +13,12 @@ import torch
 
 from lumina.accounting import account
 from lumina.config import ModelConfig
-from lumina.model import LuminaLM
+from lumina.model import LayerFactory, LuminaLM
 from lumina.train import checkpoint, distributed
 from lumina.train.args import Resolved, resolve
-from lumina.train.dsconfig import bf16_enabled
+from lumina.parallel.dry_run import dry_run
+from lumina.parallel.layout import ParallelLayout, dry_run_world_size, layout_from_args
+from lumina.train.dsconfig import bf16_enabled, zero_stage_of
 from lumina.train.dsconfig import build as build_ds_config
 from lumina.train.hardware import describe_device, peak_memory_bytes, peak_tflops
 from lumina.train.metrics import MetricsLogger, summary_table, write_summary
@@ -66,15 +68,33 @@ def _data(args: argparse.Namespace, seq: int, mbs: int, rank: int, dp: int, toke
     return train, valid
 
 
+def plan_layout(args: argparse.Namespace) -> tuple[Resolved, ModelConfig, dict, ParallelLayout]:
+    """Everything decided before any process group exists: flags, model, DeepSpeed JSON, layout."""
+    from lumina.data import load_tokenizer
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = dry_run_world_size(args, world) or world
+    res = resolve(args, world)
+    tokenizer = load_tokenizer(args.tokenizer_model)
+    cfg = res.model.replace(vocab_size=padded_vocab(tokenizer.vocab_size))
+    ds_config = build_ds_config(res, args.ds_config, args.zero_stage, args.bf16, args.clip_grad,
+                                on_cpu=not torch.cuda.is_available())
+    layout = layout_from_args(args, world, cfg, zero_stage_of(ds_config))
+    return res, cfg, ds_config, layout
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         distributed.ensure_env()
-        res: Resolved = resolve(args)
+        res, self.cfg, self.ds_config, self.layout = plan_layout(args)
+        if max(self.layout.pp, self.layout.ep) > 1:
+            raise ValueError("pipeline and expert parallel sizes > 1 are validated and shown by "
+                             "--dry-run, but the trainer does not run them yet (see docs/parallelism.md); "
+                             "use tensor and data parallel with ZeRO 0-3")
         from lumina.data import load_tokenizer
 
         self.tokenizer = load_tokenizer(args.tokenizer_model)
-        self.cfg: ModelConfig = res.model.replace(vocab_size=padded_vocab(self.tokenizer.vocab_size))
         self.res = res
         self.seq = self.cfg.seq_length
         self.resume = None
@@ -84,18 +104,25 @@ class Trainer:
             self.resume = (tag, meta)
         self.run_dir = args.run_dir or os.path.join("runs", f"{self.cfg.name}_{self.cfg.mode}")
         self.save_dir = args.save or os.path.join(self.run_dir, "checkpoints")
-        self.ds_config = build_ds_config(res, args.ds_config, args.zero_stage, args.bf16,
-                                         args.clip_grad, on_cpu=not torch.cuda.is_available())
 
         self.device = distributed.device()
         distributed.init(self.device)
         import torch.distributed as dist
 
         self.rank = dist.get_rank()
-        self.train_loader, self.valid_loader = _data(args, self.seq, res.micro_batch_size, self.rank,
+        self.dp_rank = self.layout.coords(self.rank).dp  # TP peers read the same data
+        self.train_loader, self.valid_loader = _data(args, self.seq, res.micro_batch_size, self.dp_rank,
                                                      res.dp_size, self.tokenizer)
-        torch.manual_seed(args.seed)  # identical init on every rank
-        model = LuminaLM(self.cfg)
+        layers, mpu = LayerFactory(), None
+        if self.layout.tp > 1:
+            from lumina.parallel import groups
+            from lumina.parallel.tensor import MegatronTPLayers
+
+            groups.initialize(self.layout)
+            layers, mpu = MegatronTPLayers(groups.tp_group()), groups.DeepSpeedMPU()
+        self.tp_group = getattr(layers, "group", None)
+        torch.manual_seed(args.seed)
+        model = LuminaLM(self.cfg, layers, init_seed=args.seed)  # same weights under any layout
         model.set_activation_checkpointing(args.recompute_activations)
         zero = self.ds_config.get("zero_optimization", {})
         offload = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
@@ -104,7 +131,7 @@ class Trainer:
         import deepspeed
 
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
-                                                    config=self.ds_config)
+                                                    config=self.ds_config, mpu=mpu)
         self.model: LuminaLM = self.engine.module
         self.bf16 = bf16_enabled(self.ds_config)
         self.iteration = 0
@@ -166,8 +193,21 @@ class Trainer:
         gradients are already all-reduced at the boundary, so the local norm is the global one."""
         if self.engine.zero_optimization() or self.bf16:
             return None
-        grads = [p.grad.detach().float() for p in self.engine.module.parameters() if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        sharded, replicated = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        for p in self.engine.module.parameters():
+            if p.grad is None:
+                continue
+            sq = p.grad.detach().double().pow(2).sum().cpu()
+            if getattr(p, "tensor_model_parallel", False):
+                sharded += sq
+            else:  # replicated over TP ranks: count once
+                replicated += sq
+        if self.tp_group is not None:
+            import torch.distributed as dist
+
+            sharded = sharded.to(self.device)
+            dist.all_reduce(sharded, group=self.tp_group)
+        return float((sharded.cpu() + replicated).sqrt())
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -200,10 +240,12 @@ class Trainer:
             f"{describe_device(self.device)}, global batch {res.global_batch_size} x {self.seq} tokens "
             f"(micro {res.micro_batch_size} x accumulation {res.grad_accum} x DP {res.dp_size}), "
             f"ZeRO {self.ds_config.get('zero_optimization', {}).get('stage', 0)}, "
-            f"{'bf16' if self.bf16 else 'fp32'}; peak {self.peak:.3f} TFLOP/s ({self.peak_source})")
+            f"{'bf16' if self.bf16 else 'fp32'}; peak {self.peak:.3f} TFLOP/s ({self.peak_source}); "
+            f"{self.train_loader.tokens_per_epoch:,} training tokens per epoch "
+            f"({self.train_loader.tokens_per_epoch / tokens_per_iter:.0f} iterations)")
         start_iter, start_time = self.iteration, time.perf_counter()
         window_start, window_iters = time.perf_counter(), 0
-        bad_in_row, last_loss, last_eval, stats, record = 0, None, None, {}, {}
+        bad_in_row, last_loss, last_eval, stats = 0, None, None, {}
         while self.iteration < args.train_iters:
             loss, it_stats = self.train_iteration()
             self.iteration += 1
@@ -224,8 +266,7 @@ class Trainer:
             self.log.step(last_loss if last_loss is not None else float("nan"))
             if self.iteration % args.log_interval == 0 or self.iteration == args.train_iters:
                 elapsed = time.perf_counter() - window_start
-                record = self._train_record(last_loss, stats, window_iters * tokens_per_iter / elapsed)
-                self.log.log(record)
+                self.log.log(self._train_record(last_loss, stats, window_iters * tokens_per_iter / elapsed))
                 window_start, window_iters = time.perf_counter(), 0
             if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:
                 last_eval = self.evaluate()
@@ -243,10 +284,11 @@ class Trainer:
                 self.log.close()
                 return 0
         total_time = time.perf_counter() - start_time
-        summary = {**record, "final_loss": last_loss, "final_ppl": math.exp(min(last_loss, 50.0)) if last_loss else None,
+        tokens_per_s = (self.iteration - start_iter) * tokens_per_iter / total_time
+        overall = self._train_record(last_loss, stats, tokens_per_s)  # whole-run rates, last stats
+        summary = {**overall, "final_loss": last_loss, "final_ppl": overall["ppl"],
                    "valid_loss": last_eval, "train_time_s": total_time,
                    "iterations": self.iteration - start_iter,
-                   "tokens_per_s": (self.iteration - start_iter) * tokens_per_iter / total_time,
                    "flops_reduction": 1.0 - self.acc.mod_flops_ratio}
         if self.rank == 0:
             write_summary(self.run_dir, summary)
@@ -277,6 +319,10 @@ def _grad_norm(engine, fallback: float | None) -> float | None:
 
 def train(args: argparse.Namespace) -> int:
     try:
+        if args.dry_run is not None:  # lay out the ranks and stop: no process group, no tensors
+            _, cfg, _, layout = plan_layout(args)
+            print(dry_run(layout, cfg))
+            return 0
         trainer = Trainer(args)
     except ValueError as exc:
         print(f"lumina: error: {exc}", file=sys.stderr)
