@@ -68,7 +68,7 @@ def _data(args: argparse.Namespace, seq: int, mbs: int, rank: int, dp: int, toke
     return train, valid
 
 
-def plan_layout(args: argparse.Namespace) -> tuple[Resolved, ModelConfig, dict, ParallelLayout]:
+def plan_layout(args: argparse.Namespace) -> tuple[Resolved, ModelConfig, dict, ParallelLayout, object]:
     """Everything decided before any process group exists: flags, model, DeepSpeed JSON, layout."""
     from lumina.data import load_tokenizer
 
@@ -80,21 +80,18 @@ def plan_layout(args: argparse.Namespace) -> tuple[Resolved, ModelConfig, dict, 
     ds_config = build_ds_config(res, args.ds_config, args.zero_stage, args.bf16, args.clip_grad,
                                 on_cpu=not torch.cuda.is_available())
     layout = layout_from_args(args, world, cfg, zero_stage_of(ds_config))
-    return res, cfg, ds_config, layout
+    return res, cfg, ds_config, layout, tokenizer
 
 
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         distributed.ensure_env()
-        res, self.cfg, self.ds_config, self.layout = plan_layout(args)
+        res, self.cfg, self.ds_config, self.layout, self.tokenizer = plan_layout(args)
         if max(self.layout.pp, self.layout.ep) > 1:
             raise ValueError("pipeline and expert parallel sizes > 1 are validated and shown by "
                              "--dry-run, but the trainer does not run them yet (see docs/parallelism.md); "
                              "use tensor and data parallel with ZeRO 0-3")
-        from lumina.data import load_tokenizer
-
-        self.tokenizer = load_tokenizer(args.tokenizer_model)
         self.res = res
         self.seq = self.cfg.seq_length
         self.resume = None
@@ -320,7 +317,7 @@ def _grad_norm(engine, fallback: float | None) -> float | None:
 def train(args: argparse.Namespace) -> int:
     try:
         if args.dry_run is not None:  # lay out the ranks and stop: no process group, no tensors
-            _, cfg, _, layout = plan_layout(args)
+            _, cfg, _, layout, _ = plan_layout(args)
             print(dry_run(layout, cfg))
             return 0
         trainer = Trainer(args)
