@@ -18,20 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from lumina.data import BatchLoader, embedded_corpus_shards, load_tokenizer, parse_data_path
+    from lumina.data import BatchLoader, embedded_corpus_shards, parse_data_path
     from lumina.train.inference import evaluate, load_model
 
-    if not os.path.isdir(args.load):
-        raise ValueError(f"--load={args.load!r}: no such checkpoint directory")
     if args.eval_iters <= 0:
         raise ValueError(f"--eval-iters={args.eval_iters} is invalid: must be > 0")
-    model, meta = load_model(args.load)
-    tokenizer = load_tokenizer(args.tokenizer_model)
-    if tokenizer.sha256 != meta.get("tokenizer_sha256"):
-        raise ValueError(f"--tokenizer-model={args.tokenizer_model!r} is not the tokenizer the checkpoint "
-                         "was trained with (sha256 differs)")
+    model, meta, tokenizer = load_model(args.load, args.tokenizer_model)
     prefixes, weights = ([embedded_corpus_shards()[1]], None) if args.valid_data_path is None \
         else parse_data_path(args.valid_data_path)
     loader = BatchLoader(prefixes, weights, seq_length=model.cfg.seq_length,

@@ -16,22 +16,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     import torch
 
-    from lumina.data import load_tokenizer
     from lumina.train.inference import generate, load_model
 
-    if not os.path.isdir(args.load):
-        raise ValueError(f"--load={args.load!r}: no such checkpoint directory")
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} is invalid: must be > 0")
-    model, meta = load_model(args.load)
-    tokenizer = load_tokenizer(args.tokenizer_model)
-    if tokenizer.sha256 != meta.get("tokenizer_sha256"):
-        raise ValueError(f"--tokenizer-model={args.tokenizer_model!r} is not the tokenizer the checkpoint "
-                         "was trained with (sha256 differs)")
+    model, meta, tokenizer = load_model(args.load, args.tokenizer_model)
     # Training documents follow an EOS in the token stream, so EOS is the start-of-document context.
     prompt = [tokenizer.eos_id] + tokenizer.encode(args.prompt)
     out = generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p,

@@ -11,11 +11,23 @@ from lumina.model import LuminaLM
 from lumina.train.checkpoint import load_model_weights
 
 
-def load_model(load_dir: str) -> tuple[LuminaLM, dict]:
+def load_model(load_dir: str, tokenizer_model: str | None = None) -> tuple[LuminaLM, dict, object]:
+    """(model in eval mode, checkpoint metadata, tokenizer); the tokenizer must be the one the
+    checkpoint was trained with."""
+    import os
+
+    from lumina.data import load_tokenizer
+
+    if not os.path.isdir(load_dir):
+        raise ValueError(f"--load={load_dir!r}: no such checkpoint directory")
     state, meta = load_model_weights(load_dir)
+    tokenizer = load_tokenizer(tokenizer_model)
+    if tokenizer.sha256 != meta.get("tokenizer_sha256"):
+        raise ValueError(f"--tokenizer-model={tokenizer_model!r} is not the tokenizer the checkpoint "
+                         "was trained with (sha256 differs)")
     model = LuminaLM(ModelConfig.from_dict(meta["model"]))
     model.load_state_dict(state)
-    return model.eval(), meta
+    return model.eval(), meta, tokenizer
 
 
 @torch.no_grad()

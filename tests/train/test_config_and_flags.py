@@ -77,3 +77,15 @@ def test_cli_reports_errors_without_traceback(capsys):
     assert main(["train", "--mode", "dense", "--num-experts", "4"]) == 2
     err = capsys.readouterr().err
     assert "--num-experts only apply to --mode moe or hybrid" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--load", "/nonexistent/ckpt"], "--load='/nonexistent/ckpt': no such checkpoint directory"),
+    (["generate", "--load", "/nonexistent/ckpt", "--prompt", "x"], "no such checkpoint directory"),
+    (["generate", "--load", ".", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
+])
+def test_eval_and_generate_refuse_bad_input(capsys, argv, message):
+    from lumina.cli import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
