@@ -83,7 +83,8 @@ def markdown(rows: list[dict]) -> str:
         "- **params total** counts every parameter of the built module (a test checks it equals the "
         "`numel()` sum on the `meta` device). Embedding counts the input embedding plus, when "
         "untied, the output projection.",
-        "- **params active** excludes, per MoE layer, the 6 of 8 experts a token does not visit. "
+        "- **params active** excludes, per MoE layer, the experts a token does not visit "
+        "(num_experts - top_k of them: 6 of 8 for the presets). "
         "MoD does not change it: every block parameter serves some tokens; MoD's saving is in FLOPs.",
         "- **train FLOPs/token** is 3x the forward FLOPs (multiply-add = 2 FLOPs) at the preset's "
         "sequence length, including the LM head and the attention term 4 * T * heads * head_dim per "

@@ -50,7 +50,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--adam-beta1", type=float, default=0.9)
     g.add_argument("--adam-beta2", type=float, default=0.95)
     g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--clip-grad", type=float, default=None,
+                   help="gradient clipping norm (default: the DeepSpeed JSON's gradient_clipping, else 1.0)")
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--bf16", action="store_true", help="bf16 weights and activations (fp32 master weights)")
     g.add_argument("--recompute-activations", action="store_true", help="activation checkpointing per block")

@@ -41,7 +41,6 @@ def base_config(zero_stage: int, bf16: bool, offload: bool = False) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     cfg: dict = {
-        "gradient_clipping": 1.0,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
         "steps_per_print": 1_000_000_000,  # Lumina logs its own metrics
@@ -71,7 +70,7 @@ def load_json(path: str) -> dict:
 
 
 def build(res: Resolved, ds_config: str | None, zero_stage: int | None, bf16: bool,
-          clip_grad: float, on_cpu: bool) -> dict:
+          clip_grad: float | None, on_cpu: bool) -> dict:
     """The DeepSpeed config for this run, with batch sizes from the flags."""
     cfg = load_json(ds_config) if ds_config else base_config(zero_stage or 0, bf16)
     where = f"--ds_config={ds_config!r}" if ds_config else "the generated DeepSpeed config"
@@ -96,7 +95,10 @@ def build(res: Resolved, ds_config: str | None, zero_stage: int | None, bf16: bo
     # DeepSpeed's ZeRO allow-list compares optimizer types exactly; ours is torch's AdamW plus a
     # step skip for non-finite losses (lumina.train.optim), so it is allowed explicitly.
     cfg.setdefault("zero_allow_untested_optimizer", True)
-    cfg.setdefault("gradient_clipping", clip_grad)
+    have = cfg.get("gradient_clipping")
+    if clip_grad is not None and have is not None and have != clip_grad:
+        raise ValueError(f"{where} sets gradient_clipping={have} but --clip-grad={clip_grad}; give one of them")
+    cfg["gradient_clipping"] = clip_grad if clip_grad is not None else (have if have is not None else 1.0)
     cfg.setdefault("steps_per_print", 1_000_000_000)
     return cfg
 

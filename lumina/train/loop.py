@@ -47,15 +47,15 @@ class _StopFlag:
 def _data(args: argparse.Namespace, seq: int, mbs: int, rank: int, dp: int, tokenizer):
     from lumina.data import BatchLoader, embedded_corpus_shards, parse_data_path
 
-    if args.data_path is None or args.valid_data_path is None:
-        embedded_train, embedded_valid = embedded_corpus_shards()
+    # The embedded corpus is prepared (and its shards checked) only when no --data-path is given.
     if args.data_path is None:
+        embedded_train, embedded_valid = embedded_corpus_shards()
         train_prefixes, train_weights = [embedded_train], None
+        valid_prefixes, valid_weights = [embedded_valid], None
     else:
         train_prefixes, train_weights = parse_data_path(args.data_path)
-    if args.valid_data_path is None:
-        valid_prefixes, valid_weights = ([embedded_valid], None) if args.data_path is None else (None, None)
-    else:
+        valid_prefixes, valid_weights = None, None
+    if args.valid_data_path is not None:
         valid_prefixes, valid_weights = parse_data_path(args.valid_data_path)
     common = dict(seq_length=seq, micro_batch_size=mbs, dp_rank=rank, dp_size=dp, seed=args.seed,
                   tokenizer_sha256=tokenizer.sha256, vocab_size=tokenizer.vocab_size)
@@ -152,9 +152,9 @@ class Trainer:
         accumulation and gradient hooks in step when a micro-batch is skipped."""
         return sum(p.sum() for p in self.engine.module.parameters()) * 0.0
 
-    def train_iteration(self) -> tuple[float | None, dict]:
-        """Run one global batch. Returns (mean LM loss over DP, routing stats) or (None, {}) when a
-        non-finite loss made every rank skip the update."""
+    def train_iteration(self) -> float | None:
+        """Run one global batch. Returns the mean LM loss over DP, or None when a non-finite loss
+        made every rank skip the update."""
         lr = lr_at(self.iteration, self.args.lr, self.args.min_lr, self.args.lr_warmup_iters, self.args.train_iters)
         self.lr = lr
         for group in self.optimizer.param_groups:
@@ -182,8 +182,8 @@ class Trainer:
                 self.grad_norm = self._unsharded_grad_norm()
             self.engine.step()
         if skipped:
-            return None, {}
-        return distributed.all_reduce_mean([sum(lm_losses) / len(lm_losses)], self.device)[0], self.model.routing_stats()
+            return None
+        return distributed.all_reduce_mean([sum(lm_losses) / len(lm_losses)], self.device)[0]
 
     def _unsharded_grad_norm(self) -> float | None:
         """Pre-clip global gradient norm when DeepSpeed does not track one (ZeRO-0, fp32): the
@@ -244,7 +244,7 @@ class Trainer:
         window_start, window_iters = time.perf_counter(), 0
         bad_in_row, last_loss, last_eval, stats = 0, None, None, {}
         while self.iteration < args.train_iters:
-            loss, it_stats = self.train_iteration()
+            loss = self.train_iteration()
             self.iteration += 1
             if loss is None:
                 bad_in_row += 1
@@ -258,11 +258,13 @@ class Trainer:
                     self.log.close()
                     return EXIT_NONFINITE
             else:
-                bad_in_row, last_loss, stats = 0, loss, it_stats
+                bad_in_row, last_loss = 0, loss
             window_iters += 1
             self.log.step(last_loss if last_loss is not None else float("nan"))
             if self.iteration % args.log_interval == 0 or self.iteration == args.train_iters:
                 elapsed = time.perf_counter() - window_start
+                if loss is not None:  # routing stats of the last forward: read (and synced) only here
+                    stats = self.model.routing_stats()
                 self.log.log(self._train_record(last_loss, stats, window_iters * tokens_per_iter / elapsed))
                 window_start, window_iters = time.perf_counter(), 0
             if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:

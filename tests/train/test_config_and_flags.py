@@ -62,6 +62,7 @@ def test_batch_arithmetic():
     ({"optimizer": {"type": "Adam"}}, "has an 'optimizer' block"),
     ({"fp16": {"enabled": True}}, "enables fp16, which DeepSpeed does not support on CPU"),
     ([1, 2], "must hold a JSON object"),
+    ({"gradient_clipping": 0.5}, "sets gradient_clipping=0.5 but --clip-grad=1.0"),
 ])
 def test_contradictory_ds_config_is_refused(tmp_path, content, message):
     path = tmp_path / "ds.json"
@@ -89,3 +90,12 @@ def test_eval_and_generate_refuse_bad_input(capsys, argv, message):
 
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_gradient_clipping_comes_from_the_json_unless_the_flag_is_given(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"gradient_clipping": 0.5}))
+    res = resolve(parse(), world_size=1)
+    assert build(res, str(path), None, False, None, on_cpu=True)["gradient_clipping"] == 0.5
+    assert build(res, None, None, False, None, on_cpu=True)["gradient_clipping"] == 1.0
+    assert build(res, None, None, False, 0.3, on_cpu=True)["gradient_clipping"] == 0.3
