@@ -24,6 +24,8 @@ class LayerFactory:
     """
 
     tp_size: int = 1
+    # lumina.parallel.expert.ExpertParallel when the experts are split over ranks (read by MoE).
+    expert_parallel = None
 
     def column(self, in_features: int, out_features: int, init_std: float) -> nn.Module:
         return _linear(in_features, out_features, init_std)

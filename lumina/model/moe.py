@@ -60,13 +60,17 @@ class MoE(nn.Module):
             raise ValueError(f"tensor parallel size {tp} must divide ffn_hidden_size={f} (experts are tensor-parallel)")
         f //= tp
         self.num_experts = E
+        # Expert parallel: this rank holds the contiguous block [first, first + local) of experts.
+        ep = getattr(self.layers, "expert_parallel", None)
+        self.ep = ep if ep is not None and ep.size > 1 else None
+        first, local = self.ep.local_experts(E) if self.ep else (0, E)
         self.num_router_outputs = E + cfg.moe.num_noop_experts
         self.router = nn.Linear(d, self.num_router_outputs, bias=False)
         # Stacked expert weights: (E, in, out). Stacking keeps expert-parallel sharding a slice
         # of dim 0 and lets each expert run on its contiguous chunk of permuted tokens.
-        self.w_gate = nn.Parameter(torch.empty(E, d, f))
-        self.w_up = nn.Parameter(torch.empty(E, d, f))
-        self.w_down = nn.Parameter(torch.empty(E, f, d))
+        self.w_gate = nn.Parameter(torch.empty(local, d, f))
+        self.w_up = nn.Parameter(torch.empty(local, d, f))
+        self.w_down = nn.Parameter(torch.empty(local, f, d))
         std, out_std = cfg.init_std, scaled_init_std(cfg.init_std, cfg.num_layers)
         nn.init.normal_(self.router.weight, mean=0.0, std=std)
         mark(self.router.weight, std)
@@ -74,8 +78,12 @@ class MoE(nn.Module):
         # (gate/up by columns, down by rows); the router is replicated on every TP rank.
         for p, s, dim in ((self.w_gate, std, 2), (self.w_up, std, 2), (self.w_down, out_std, 1)):
             nn.init.normal_(p, mean=0.0, std=s)
-            mark(p, s, partition_dim=dim, partition_rank=tp_rank, partition_size=tp, expert_offset=0)
+            mark(p, s, partition_dim=dim, partition_rank=tp_rank, partition_size=tp, expert_offset=first)
             p.is_expert = True  # read by the trainer to build DeepSpeed's expert param groups
+            if self.ep is not None:
+                from lumina.parallel.expert import mark_expert_param
+
+                mark_expert_param(p, self.ep)
         self.aux: dict[str, torch.Tensor] = {}
         self.stats: dict[str, torch.Tensor] = {}
 
@@ -87,15 +95,31 @@ class MoE(nn.Module):
         factor = self.cfg.capacity_factor_train if self.training else self.cfg.capacity_factor_eval
         return routing.expert_capacity(num_tokens, self.num_experts, self.cfg.top_k, factor)
 
-    def experts(self, xs: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """Run expert e on its contiguous chunk of the permuted (N, D) tokens."""
+    def experts(self, xs: torch.Tensor, counts: list[int], local_ids: list[int] | None = None) -> torch.Tensor:
+        """Run local expert local_ids[i] (default i) on the i-th contiguous chunk of the (N, D) tokens."""
         outs = []
-        for e, chunk in enumerate(torch.split(xs, counts)):
+        for i, chunk in enumerate(torch.split(xs, counts)):
             if chunk.shape[0] == 0:
                 continue
+            e = i if local_ids is None else local_ids[i]
             h = F.silu(chunk @ self.w_gate[e]) * (chunk @ self.w_up[e])
             outs.append(h @ self.w_down[e])
-        return torch.cat(outs) if outs else xs.new_zeros(0, xs.shape[1])
+        # With no tokens, stay connected to the input: under expert parallel every rank must run
+        # the backward all-to-all, which happens only if this output is part of the graph.
+        return torch.cat(outs) if outs else xs[:0]
+
+    def _expert_parallel(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Send each expert's tokens to the rank that holds it, run them, bring the outputs back."""
+        from lumina.parallel.expert import all_to_all, exchange_counts
+
+        ep, local = self.ep, self.w_gate.shape[0]
+        received = exchange_counts(counts, ep)                      # (E ranks, local experts)
+        send = counts.view(ep.size, local).sum(1).tolist()
+        recv = received.sum(1).tolist()
+        xr = all_to_all(xs, ep.group, send, recv)                   # by source rank, then expert
+        ids = [j for _ in range(ep.size) for j in range(local)]
+        yr = self.experts(xr, received.flatten().tolist(), ids)
+        return all_to_all(yr, ep.group, recv, send)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         shape = x.shape
@@ -112,7 +136,9 @@ class MoE(nn.Module):
         # Under tensor parallel each rank computes a slice of every expert's FFN: the input enters
         # the TP region (its gradient is all-reduced) and the partial outputs are summed before
         # the router weights apply, so the router's gradient is whole on every rank.
-        ys = self.layers.tp_reduce(self.experts(routing.permute(self.layers.tp_copy(xf), plan), counts.tolist()))
+        xs = routing.permute(self.layers.tp_copy(xf), plan)
+        ys = self.experts(xs, counts.tolist()) if self.ep is None else self._expert_parallel(xs, counts)
+        ys = self.layers.tp_reduce(ys)
         out = routing.unpermute(ys, plan, route.weights, S).to(x.dtype)
 
         self.aux = {

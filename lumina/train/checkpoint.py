@@ -52,7 +52,7 @@ def save(engine, save_dir: str, iteration: int, model_cfg: ModelConfig, loader_s
     rank = dist.get_rank()
     engine.save_checkpoint(save_dir, tag=tag, client_state={"iteration": iteration}, save_latest=False)
     buf = io.BytesIO()
-    torch.save({"loader": loader_state, "rng": rng_state()}, buf)
+    torch.save({"loader": loader_state, "rng": rng_state(), "experts": expert_shards(engine.module)}, buf)
     atomic_write_bytes(os.path.join(save_dir, tag, f"rank_{rank:05d}.pt"), buf.getvalue())
     dist.barrier()
     if rank == 0:
@@ -62,6 +62,48 @@ def save(engine, save_dir: str, iteration: int, model_cfg: ModelConfig, loader_s
         _prune(save_dir, keep_last)
     dist.barrier()
     return os.path.join(save_dir, tag)
+
+
+def expert_shards(module: torch.nn.Module) -> dict:
+    """This rank's expert-parallel weights. DeepSpeed's module file comes from data-parallel rank 0
+    only, so under expert parallel it holds the experts of EP rank 0 alone; each rank's file keeps
+    its own block (with its global expert offset and tensor-parallel slice, for merging)."""
+    shards = {}
+    for name, p in module.named_parameters():
+        if getattr(p, "allreduce", True) is False:
+            tp_dim = getattr(p, "partition_dim", None) if getattr(p, "tensor_model_parallel", False) else None
+            shards[name] = {"tensor": p.detach().cpu().clone(), "offset": p.expert_offset,
+                            "tp_dim": tp_dim, "tp_rank": getattr(p, "partition_rank", 0)}
+    return shards
+
+
+@torch.no_grad()
+def restore_expert_shards(module: torch.nn.Module, rank_state: dict) -> None:
+    params = dict(module.named_parameters())
+    for name, shard in rank_state.get("experts", {}).items():
+        params[name].copy_(shard["tensor"].to(params[name].device, params[name].dtype))
+
+
+def _merge_expert_shards(ckpt: str) -> dict[str, torch.Tensor]:
+    """Whole expert tensors from every rank's expert shards: TP slices side by side, then the
+    expert blocks in offset order. Ranks that hold the same slice (expert data parallel) agree."""
+    pieces: dict[str, dict[int, dict[int, tuple]]] = {}
+    for f in sorted(os.listdir(ckpt)):
+        if not (f.startswith("rank_") and f.endswith(".pt")):
+            continue
+        state = torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False)
+        for name, shard in state.get("experts", {}).items():
+            by_offset = pieces.setdefault(name, {}).setdefault(shard["offset"], {})
+            by_offset[shard["tp_rank"]] = (shard["tensor"], shard["tp_dim"])
+    merged = {}
+    for name, by_offset in pieces.items():
+        blocks = []
+        for offset in sorted(by_offset):
+            slices = [by_offset[offset][r] for r in sorted(by_offset[offset])]
+            tp_dim = slices[0][1]
+            blocks.append(torch.cat([t for t, _ in slices], dim=tp_dim) if tp_dim is not None else slices[0][0])
+        merged[name] = torch.cat(blocks, dim=0).float()
+    return merged
 
 
 def _prune(save_dir: str, keep_last: int) -> None:
@@ -105,7 +147,8 @@ def load_rank_state(load_dir: str, tag: str, rank: int) -> dict:
 
 def load_model_weights(load_dir: str) -> tuple[dict, dict]:
     """(full model state_dict, metadata) from the latest checkpoint, for eval and generation.
-    Tensor-parallel shards (mp_rank_00, mp_rank_01, ...) are concatenated back."""
+    Tensor-parallel shards (mp_rank_00, mp_rank_01, ...) are concatenated back, and expert-parallel
+    blocks are taken from the per-rank files."""
     tag, meta = latest(load_dir)
     ckpt = os.path.join(load_dir, tag)
     shards = sorted(f for f in os.listdir(ckpt) if f.startswith("mp_rank_") and f.endswith("_model_states.pt"))
@@ -114,9 +157,9 @@ def load_model_weights(load_dir: str) -> tuple[dict, dict]:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         states = [get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)]
     full_shapes = _full_shapes(ModelConfig.from_dict(meta["model"]))
-    merged = {}
+    merged = _merge_expert_shards(ckpt)
     for key, first in states[0].items():
-        if key not in full_shapes:  # e.g. megatron layers' `_extra_state` placeholders
+        if key not in full_shapes or key in merged:  # e.g. megatron layers' `_extra_state` placeholders
             continue
         dims = [d for d in range(first.dim()) if first.shape[d] != full_shapes[key][d]]
         merged[key] = torch.cat([s[key] for s in states], dim=dims[0]).float() if dims else first.float()

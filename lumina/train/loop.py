@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -88,10 +89,10 @@ class Trainer:
         self.args = args
         distributed.ensure_env()
         res, self.cfg, self.ds_config, self.layout, self.tokenizer = plan_layout(args)
-        if max(self.layout.pp, self.layout.ep) > 1:
-            raise ValueError("pipeline and expert parallel sizes > 1 are validated and shown by "
+        if self.layout.pp > 1:
+            raise ValueError("pipeline parallel sizes > 1 are validated and shown by "
                              "--dry-run, but the trainer does not run them yet (see docs/parallelism.md); "
-                             "use tensor and data parallel with ZeRO 0-3")
+                             "use tensor, expert and data parallel with ZeRO 0-3")
         self.res = res
         self.seq = self.cfg.seq_length
         self.resume = None
@@ -110,25 +111,44 @@ class Trainer:
         self.dp_rank = self.layout.coords(self.rank).dp  # TP peers read the same data
         self.train_loader, self.valid_loader = _data(args, self.seq, res.micro_batch_size, self.dp_rank,
                                                      res.dp_size, self.tokenizer)
-        layers, mpu = LayerFactory(), None
-        if self.layout.tp > 1:
+        layers, mpu, ep = LayerFactory(), None, None
+        if self.layout.tp > 1 or self.layout.ep > 1:
             from lumina.parallel import groups
-            from lumina.parallel.tensor import MegatronTPLayers
 
             groups.initialize(self.layout)
-            layers, mpu = MegatronTPLayers(groups.tp_group()), groups.DeepSpeedMPU()
+            if self.layout.tp > 1:
+                from lumina.parallel.tensor import MegatronTPLayers
+
+                layers, mpu = MegatronTPLayers(groups.tp_group()), groups.DeepSpeedMPU()
+        if self.layout.ep > 1:
+            from lumina.parallel.expert import create_groups
+
+            ep = layers.expert_parallel = create_groups(self.layout, mpu)
         self.tp_group = getattr(layers, "group", None)
+        self.ep = ep
         torch.manual_seed(args.seed)
         model = LuminaLM(self.cfg, layers, init_seed=args.seed)  # same weights under any layout
         model.set_activation_checkpointing(args.recompute_activations)
         zero = self.ds_config.get("zero_optimization", {})
         offload = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
-        self.optimizer = make_optimizer(param_groups(model, args.weight_decay), args.lr,
-                                        (args.adam_beta1, args.adam_beta2), args.adam_eps, offload)
+        groups_ = param_groups(model, args.weight_decay, ep.group_name if ep else "experts")
+        self.optimizer = make_optimizer(groups_, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps, offload)
+        # Under expert parallel at ZeRO-0, DeepSpeed's clipping averages per-rank norms that each
+        # see only their own experts; Lumina clips by the true global norm instead (_clip).
+        self.clip = None
+        if ep is not None and zero.get("stage", 0) == 0 and not bf16_enabled(self.ds_config):
+            self.clip = self.ds_config.pop("gradient_clipping", 0.0) or None
         import deepspeed
 
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
-                                                    config=self.ds_config, mpu=mpu)
+        ctx = contextlib.nullcontext()
+        if ep is not None:
+            from lumina.model.moe import MoE
+            from lumina.parallel.expert import deepspeed_sees_lumina_moe
+
+            ctx = deepspeed_sees_lumina_moe(MoE)
+        with ctx:
+            self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
+                                                        config=self.ds_config, mpu=mpu)
         self.model: LuminaLM = self.engine.module
         self.bf16 = bf16_enabled(self.ds_config)
         self.iteration = 0
@@ -136,6 +156,7 @@ class Trainer:
             tag, meta = self.resume
             self.engine.load_checkpoint(args.load, tag=tag, load_lr_scheduler_states=False)
             state = checkpoint.load_rank_state(args.load, tag, self.rank)
+            checkpoint.restore_expert_shards(self.engine.module, state)
             self.train_loader.load_state_dict(state["loader"])
             checkpoint.set_rng_state(state["rng"])
             self.iteration = meta["iteration"]
@@ -187,24 +208,34 @@ class Trainer:
 
     def _unsharded_grad_norm(self) -> float | None:
         """Pre-clip global gradient norm when DeepSpeed does not track one (ZeRO-0, fp32): the
-        gradients are already all-reduced at the boundary, so the local norm is the global one."""
+        gradients are already all-reduced at the boundary, so each rank's dense gradients are the
+        global ones. Under expert parallel, clips by it (see `self.clip`)."""
         if self.engine.zero_optimization() or self.bf16:
             return None
-        sharded, replicated = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        import torch.distributed as dist
+
+        # [TP-sharded, replicated] squared sums; expert weights differ over the EP group too.
+        dense, experts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
         for p in self.engine.module.parameters():
             if p.grad is None:
                 continue
             sq = p.grad.detach().double().pow(2).sum().cpu()
-            if getattr(p, "tensor_model_parallel", False):
-                sharded += sq
-            else:  # replicated over TP ranks: count once
-                replicated += sq
+            bucket = experts if getattr(p, "allreduce", True) is False else dense
+            bucket[0 if getattr(p, "tensor_model_parallel", False) else 1] += sq
+        if self.ep is not None:
+            experts = experts.to(self.device)
+            dist.all_reduce(experts, group=self.ep.group)
+        dense = dense + experts.cpu()
+        sharded = dense[:1].to(self.device)
         if self.tp_group is not None:
-            import torch.distributed as dist
-
-            sharded = sharded.to(self.device)
             dist.all_reduce(sharded, group=self.tp_group)
-        return float((sharded.cpu() + replicated).sqrt())
+        norm = float((sharded.cpu()[0] + dense[1]).sqrt())
+        if self.clip is not None and norm > self.clip:
+            coef = self.clip / (norm + 1e-6)  # DeepSpeed's and torch's clip_grad_norm_ formula
+            for p in self.engine.module.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(coef)
+        return norm
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

@@ -41,9 +41,10 @@ def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], ep
     return SkippableCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, expert_group: str = "experts") -> list[dict]:
     """Decay matrices only; norms, biases and 1-D params get none. Expert weights go in their
-    own groups marked the way DeepSpeed's MoE utilities mark them (`moe: True`, `name`)."""
+    own group marked the way DeepSpeed's MoE utilities mark them (`moe: True`, `name`: under
+    expert parallel the DeepSpeed expert group name, e.g. `ep_size_2`)."""
     decay, no_decay, experts = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -57,7 +58,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     groups = [{"name": "decay", "params": decay, "weight_decay": weight_decay},
               {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
     if experts:
-        groups.append({"name": "experts", "params": experts, "weight_decay": weight_decay, "moe": True})
+        groups.append({"name": expert_group, "params": experts, "weight_decay": weight_decay, "moe": True})
     return [g for g in groups if g["params"]]
 
 

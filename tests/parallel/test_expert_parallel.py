@@ -1,0 +1,80 @@
+"""Expert parallel (all-to-all over DeepSpeed's expert groups) gives the single-process numbers.
+
+Each rank routes its own micro-batch exactly as one process routes the same micro-batch, so with
+the same grouping of samples into micro-batches (the loader gives DP rank r the r-th micro-batch
+of the global batch) the losses agree to fp32 round-off: relative 1e-5.
+"""
+
+import os
+
+import pytest
+import torch
+
+from tests.train.runs import train, train_losses
+
+EP2 = ("--expert-model-parallel-size", "2")
+ITERS = ("--train-iters", "5")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One process, global batch 8 = 2 micro-batches of 4, per mode."""
+    out = {}
+    for mode in ("moe", "hybrid"):
+        run = str(tmp_path_factory.mktemp(f"ref-{mode}"))
+        assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8") == 0
+        out[mode] = train_losses(run)
+    return out
+
+
+def _assert_same(losses, reference):
+    assert sorted(losses) == sorted(reference) and len(reference) == 5
+    for i in reference:  # fp32: relative 1e-5
+        assert losses[i] == pytest.approx(reference[i], rel=1e-5), f"iteration {i}"
+
+
+@pytest.mark.parametrize("mode,zero", [("moe", "0"), ("hybrid", "1"), ("moe", "2")])
+def test_ep2_equals_one_process(tmp_path, reference, mode, zero):
+    run = str(tmp_path / "ep2")
+    assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8", "--zero-stage", zero, *EP2,
+                 world_size=2) == 0
+    _assert_same(train_losses(run), reference[mode])
+
+
+def test_ep2_x_dp2_equals_one_process(tmp_path):
+    """World 4: two expert groups of 2; expert gradients are reduced over expert-DP groups of 2."""
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "ep2dp2")
+    common = ("--mode", "moe", *ITERS, "--global-batch-size", "8", "--micro-batch-size", "2")
+    assert train(ref, *common) == 0
+    assert train(run, *common, "--zero-stage", "1", *EP2, world_size=4, timeout=600) == 0
+    _assert_same(train_losses(run), train_losses(ref))
+
+
+def test_ep2_resume_is_exact_and_checkpoint_merges_experts(tmp_path, capsys):
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    args = ("--mode", "moe", "--train-iters", "6", "--save-interval", "3", "--global-batch-size", "8", *EP2)
+    assert train(full, *args, world_size=2) == 0
+    ckpts = os.path.join(full, "checkpoints")
+    with open(os.path.join(ckpts, "latest"), "w") as f:
+        f.write("iter_0000003")
+    assert train(part, *args, "--load", ckpts, world_size=2) == 0
+    a, b = train_losses(full), train_losses(part)
+    assert [b[i] for i in (4, 5, 6)] == [a[i] for i in (4, 5, 6)]
+
+    # Each rank file holds its own block of experts; the merged state dict puts them in order.
+    from lumina.train.checkpoint import load_model_weights, load_rank_state
+
+    with open(os.path.join(ckpts, "latest"), "w") as f:
+        f.write("iter_0000006")
+    merged, _ = load_model_weights(ckpts)
+    shards = [load_rank_state(ckpts, "iter_0000006", r)["experts"] for r in (0, 1)]
+    key = "blocks.0.mlp.w_gate"
+    assert [s[key]["offset"] for s in shards] == [0, 4]
+    assert merged[key].shape[0] == 8
+    assert torch.equal(merged[key], torch.cat([shards[0][key]["tensor"], shards[1][key]["tensor"]]))
+    assert not torch.equal(shards[0][key]["tensor"], shards[1][key]["tensor"])
+
+    from lumina.cli import main
+
+    assert main(["eval", "--load", ckpts, "--eval-iters", "1", "--json"]) == 0
+    assert '"checkpoint_iteration": 6' in capsys.readouterr().out
