@@ -100,23 +100,40 @@ class LuminaLM(nn.Module):
 
     def routing_stats(self) -> dict:
         """Python-number statistics from the last forward (one host sync; call at log time)."""
-        moes, mods = self.routing_modules()
-        stats: dict = {}
-        if moes:
-            per_layer = [m.stats for m in moes if m.stats]
-            stats["moe_tokens_per_expert"] = [s["tokens_per_expert"].tolist() for s in per_layer]
-            for key in ("dropped_fraction", "utilisation", "load_balance"):
-                values = [float(s[key]) for s in per_layer]
-                stats[f"moe_{key}_per_layer"] = values
-                stats[f"moe_{key}"] = sum(values) / len(values)
-        if mods:
-            skip = {i: 0.0 for i in range(len(self.blocks))}
-            acc = []
-            for i, block in enumerate(self.blocks):
-                if isinstance(block, MoDBlock) and block.stats:
-                    skip[i] = float(block.stats["skip_fraction"])
-                    acc.append(float(block.stats["predictor_accuracy"]))
-            stats["mod_skip_fraction_per_layer"] = [skip[i] for i in range(len(self.blocks))]
-            stats["mod_skip_fraction"] = sum(skip.values()) / len(skip)
-            stats["mod_predictor_accuracy"] = sum(acc) / max(len(acc), 1)
-        return stats
+        return summarize_routing([layer_routing(i, b) for i, b in enumerate(self.blocks)])
+
+
+def layer_routing(index: int, block: nn.Module) -> dict:
+    """One layer's routing statistics from its last forward, as Python numbers."""
+    out: dict = {"layer": index, "moe": None, "mod": None}
+    moe = next((m for m in block.modules() if isinstance(m, MoE)), None)
+    if moe is not None and moe.stats:
+        s = moe.stats
+        out["moe"] = {"tokens_per_expert": s["tokens_per_expert"].tolist(),
+                      **{k: float(s[k]) for k in ("dropped_fraction", "utilisation", "load_balance")}}
+    if isinstance(block, MoDBlock):
+        s = block.stats
+        out["mod"] = {"skip_fraction": float(s["skip_fraction"]) if s else 0.0,
+                      "predictor_accuracy": float(s["predictor_accuracy"]) if s else None}
+    return out
+
+
+def summarize_routing(layers: list[dict]) -> dict:
+    """The logged statistics from every layer's `layer_routing` (gathered from every pipeline stage
+    under pipeline parallel), in layer order."""
+    layers = sorted(layers, key=lambda r: r["layer"])
+    stats: dict = {}
+    moe = [r["moe"] for r in layers if r["moe"] is not None]
+    if moe:
+        stats["moe_tokens_per_expert"] = [m["tokens_per_expert"] for m in moe]
+        for key in ("dropped_fraction", "utilisation", "load_balance"):
+            values = [m[key] for m in moe]
+            stats[f"moe_{key}_per_layer"] = values
+            stats[f"moe_{key}"] = sum(values) / len(values)
+    if any(r["mod"] is not None for r in layers):
+        skip = [r["mod"]["skip_fraction"] if r["mod"] else 0.0 for r in layers]
+        acc = [r["mod"]["predictor_accuracy"] for r in layers if r["mod"] and r["mod"]["predictor_accuracy"] is not None]
+        stats["mod_skip_fraction_per_layer"] = skip
+        stats["mod_skip_fraction"] = sum(skip) / len(skip)
+        stats["mod_predictor_accuracy"] = sum(acc) / max(len(acc), 1)
+    return stats

@@ -408,6 +408,9 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(_LAYERS, default=None,
                    help='layers per pipeline stage: "parameters" (default, balance parameter counts), '
                         '"uniform" (balance layer counts) or counts like "10,12,10"')
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="split activations over the TP group (validated; the trainer refuses it, see "
+                        "docs/parallelism.md)")
     g.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD_SIZE",
                    help="print every rank's coordinates and layers for WORLD_SIZE ranks (default: "
                         "the launcher's world size) and exit, creating no process group")

@@ -106,6 +106,24 @@ def _merge_expert_shards(ckpt: str) -> dict[str, torch.Tensor]:
     return merged
 
 
+def _merge_pipeline_layers(ckpt: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """One state dict from the per-layer files a DeepSpeed pipeline writes
+    (`layer_XX-model_states.pt`, XX the spec index; no TP, so no model-rank part, see lumina/parallel/pipeline.py)."""
+    import re
+
+    from lumina.parallel.pipeline import lumina_key
+
+    merged = {}
+    for f in sorted(os.listdir(ckpt)):
+        m = re.fullmatch(r"layer_(\d+)-model_states\.pt", f)
+        if m is None:
+            continue
+        state = torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False)
+        for key, value in state.items():
+            merged[lumina_key(int(m.group(1)), key, cfg.num_layers)] = value.float()
+    return merged
+
+
 def _prune(save_dir: str, keep_last: int) -> None:
     tags = sorted(t for t in os.listdir(save_dir) if t.startswith("iter_"))
     for old in tags[:-keep_last]:
@@ -151,6 +169,8 @@ def load_model_weights(load_dir: str) -> tuple[dict, dict]:
     blocks are taken from the per-rank files."""
     tag, meta = latest(load_dir)
     ckpt = os.path.join(load_dir, tag)
+    if any(f.startswith("layer_") for f in os.listdir(ckpt)):
+        return _merge_pipeline_layers(ckpt, ModelConfig.from_dict(meta["model"])), meta
     shards = sorted(f for f in os.listdir(ckpt) if f.startswith("mp_rank_") and f.endswith("_model_states.pt"))
     states = [torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False).get("module") for f in shards]
     if not shards or not states[0]:  # ZeRO-3 keeps parameters partitioned: consolidate them

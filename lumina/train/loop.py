@@ -89,10 +89,17 @@ class Trainer:
         self.args = args
         distributed.ensure_env()
         res, self.cfg, self.ds_config, self.layout, self.tokenizer = plan_layout(args)
-        if self.layout.pp > 1:
-            raise ValueError("pipeline parallel sizes > 1 are validated and shown by "
-                             "--dry-run, but the trainer does not run them yet (see docs/parallelism.md); "
-                             "use tensor, expert and data parallel with ZeRO 0-3")
+        if args.sequence_parallel:
+            raise ValueError("--sequence-parallel is not supported: megatron-core's sequence-parallel "
+                             "layers allocate their all-gather buffer on CUDA (GlobalMemoryBuffer, which fails "
+                             "on CPU), and Lumina's norms, routers and MoD would need their gradients reduced "
+                             "over the TP group, which it does not do yet. Drop the flag; "
+                             "--recompute-activations saves activation memory instead")
+        if self.layout.pp > 1 and (self.layout.tp > 1 or self.layout.ep > 1):
+            raise ValueError(f"--pipeline-model-parallel-size {self.layout.pp} with tensor or expert parallel "
+                             "(here TP {}, EP {}) is validated and shown by --dry-run, but the trainer does not "
+                             "run that combination yet (docs/parallelism.md, Status): use pipeline with data "
+                             "parallel, or tensor/expert parallel without pipeline".format(self.layout.tp, self.layout.ep))
         self.res = res
         self.seq = self.cfg.seq_length
         self.resume = None
@@ -127,16 +134,24 @@ class Trainer:
         self.tp_group = getattr(layers, "group", None)
         self.ep = ep
         torch.manual_seed(args.seed)
-        model = LuminaLM(self.cfg, layers, init_seed=args.seed)  # same weights under any layout
-        model.set_activation_checkpointing(args.recompute_activations)
+        self.pipe, self._pipe_nonfinite = self.layout.pp > 1, False
+        if self.pipe:
+            from lumina.parallel import pipeline
+
+            model = pipeline.build(self.cfg, self.layout, args.seed, args.recompute_activations)
+        else:
+            model = LuminaLM(self.cfg, layers, init_seed=args.seed)  # same weights under any layout
+            model.set_activation_checkpointing(args.recompute_activations)
         zero = self.ds_config.get("zero_optimization", {})
         offload = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
         groups_ = param_groups(model, args.weight_decay, ep.group_name if ep else "experts")
         self.optimizer = make_optimizer(groups_, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps, offload)
-        # Under expert parallel at ZeRO-0, DeepSpeed's clipping averages per-rank norms that each
-        # see only their own experts; Lumina clips by the true global norm instead (_clip).
+        # At ZeRO-0 DeepSpeed's clipping misjudges the global norm under expert parallel (it
+        # averages per-rank norms that each see only their own experts) and pipeline parallel (it
+        # counts the tied embedding twice and non-TP weights only on stage 0); Lumina clips by the
+        # true global norm instead (_unsharded_grad_norm).
         self.clip = None
-        if ep is not None and zero.get("stage", 0) == 0 and not bf16_enabled(self.ds_config):
+        if (ep is not None or self.pipe) and zero.get("stage", 0) == 0 and not bf16_enabled(self.ds_config):
             self.clip = self.ds_config.pop("gradient_clipping", 0.0) or None
         import deepspeed
 
@@ -149,7 +164,9 @@ class Trainer:
         with ctx:
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                         config=self.ds_config, mpu=mpu)
-        self.model: LuminaLM = self.engine.module
+        self.model: LuminaLM = self.engine.module  # a PipelineModule under pipeline parallel
+        if self.pipe:  # the skip decision needs the last stage's loss, so all ranks agree at the step
+            self.optimizer.decide_skip = self._pipe_before_step
         self.bf16 = bf16_enabled(self.ds_config)
         self.iteration = 0
         if self.resume is not None:
@@ -181,6 +198,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        if self.pipe:
+            return self._train_iteration_pipe()
         lm_losses, skipped, self.grad_norm = [], False, None
         for _ in range(self.res.grad_accum):
             batch = self.train_loader.next_batch().to(self.device)  # consumed even when skipped
@@ -206,6 +225,53 @@ class Trainer:
             return None
         return distributed.all_reduce_mean([sum(lm_losses) / len(lm_losses)], self.device)[0]
 
+    def _batches(self, loader, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`count` micro-batches as (inputs, labels). Every stage reads them (only the first and
+        last use them) so all ranks' loader states stay in step for checkpoints."""
+        out = []
+        for _ in range(count):
+            batch = loader.next_batch().to(self.device)
+            out.append((batch[:, :-1], batch[:, 1:]))
+        return out
+
+    def _train_iteration_pipe(self) -> float | None:
+        """One global batch through DeepSpeed's pipeline schedule (1F1B), optimizer step included."""
+        self.grad_norm = None
+        self.model.lm_losses.clear()
+        self.model.poison_next = self.iteration + 1 in self.args.debug_nan_iters
+        self._pipe_nonfinite = False
+        batches = self._batches(self.train_loader, self.res.grad_accum)
+
+        def loss_watch(outputs, labels):  # record a non-finite loss for the step's skip decision
+            loss = self.model.lm_loss(outputs, labels)
+            self._pipe_nonfinite |= not bool(torch.isfinite(loss))
+            return loss
+
+        self.model.loss_fn = loss_watch
+        self.engine.train_batch(iter(batches))
+        if self.optimizer.skipped_last:
+            return None
+        return self._pipe_lm_loss()
+
+    def _pipe_before_step(self) -> bool:
+        """Run by every rank inside the optimizer step, after the gradients are reduced: whether to
+        skip (a non-finite loss on any last stage), else the gradient norm and Lumina's clipping."""
+        if distributed.any_rank(self._pipe_nonfinite, self.device):
+            return True
+        self.grad_norm = self._unsharded_grad_norm()
+        return False
+
+    def _pipe_lm_loss(self) -> float:
+        """Mean LM loss of the last stages' micro-batches, on every rank."""
+        import torch.distributed as dist
+
+        local = self.model.lm_losses
+        t = torch.tensor([float(sum(local)) if local else 0.0, float(len(local))], dtype=torch.float64,
+                         device=self.device)
+        dist.all_reduce(t)
+        self.model.lm_losses.clear()
+        return float(t[0] / t[1])
+
     def _unsharded_grad_norm(self) -> float | None:
         """Pre-clip global gradient norm when DeepSpeed does not track one (ZeRO-0, fp32): the
         gradients are already all-reduced at the boundary, so each rank's dense gradients are the
@@ -219,6 +285,8 @@ class Trainer:
         for p in self.engine.module.parameters():
             if p.grad is None:
                 continue
+            if getattr(p, "ds_pipe_replicated", False):  # the last stage's copy of a tied embedding
+                continue
             sq = p.grad.detach().double().pow(2).sum().cpu()
             bucket = experts if getattr(p, "allreduce", True) is False else dense
             bucket[0 if getattr(p, "tensor_model_parallel", False) else 1] += sq
@@ -226,6 +294,10 @@ class Trainer:
             experts = experts.to(self.device)
             dist.all_reduce(experts, group=self.ep.group)
         dense = dense + experts.cpu()
+        if self.pipe:  # each stage holds its own layers
+            dense = dense.to(self.device)
+            dist.all_reduce(dense, group=self.model._grid.get_pipe_parallel_group())
+            dense = dense.cpu()
         sharded = dense[:1].to(self.device)
         if self.tp_group is not None:
             dist.all_reduce(sharded, group=self.tp_group)
@@ -243,6 +315,13 @@ class Trainer:
         if self.args.eval_iters == 0:
             return None
         state = self.valid_loader.state_dict()
+        if self.pipe:
+            batches = self._batches(self.valid_loader, self.args.eval_iters)
+            self.model.lm_losses.clear()
+            self.engine.eval_batch(iter(batches), num_micro_batches=self.args.eval_iters)
+            self.valid_loader.load_state_dict(state)
+            self.model.train()
+            return self._pipe_lm_loss()
         self.model.eval()
         total = 0.0
         for _ in range(self.args.eval_iters):
@@ -295,7 +374,7 @@ class Trainer:
             if self.iteration % args.log_interval == 0 or self.iteration == args.train_iters:
                 elapsed = time.perf_counter() - window_start
                 if loss is not None:  # routing stats of the last forward: read (and synced) only here
-                    stats = self.model.routing_stats()
+                    stats = self._routing_stats()
                 self.log.log(self._train_record(last_loss, stats, window_iters * tokens_per_iter / elapsed))
                 window_start, window_iters = time.perf_counter(), 0
             if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:
@@ -329,6 +408,17 @@ class Trainer:
                        f"lumina: tensorboard --logdir {os.path.abspath(args.tensorboard_dir or os.path.join(self.run_dir, 'tensorboard'))}")
         self.log.close()
         return 0
+
+    def _routing_stats(self) -> dict:
+        if not self.pipe:
+            return self.model.routing_stats()
+        import torch.distributed as dist
+
+        from lumina.model.transformer import summarize_routing
+
+        gathered: list = [None] * dist.get_world_size()  # each stage knows its own layers
+        dist.all_gather_object(gathered, self.model.routing_layers() if self.layout.coords(self.rank).dp == 0 else [])
+        return summarize_routing([layer for stage in gathered for layer in stage])
 
     def _train_record(self, loss: float | None, stats: dict, tokens_per_s: float) -> dict:
         tflops = self.acc.flops_per_token * tokens_per_s / 1e12 / self.res.world_size

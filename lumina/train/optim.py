@@ -15,8 +15,15 @@ class _SkipNextStep:
     the accumulation boundary, so skipping here works under every one of them."""
 
     skip_next: bool = False
+    skipped_last: bool = False
+    # Set under pipeline parallel, where only the last stage sees the loss: a collective that
+    # every rank reaches at its step and that returns whether any rank saw a non-finite loss.
+    decide_skip = None
 
     def step(self, *args, **kwargs):
+        if self.decide_skip is not None:
+            self.skip_next = self.decide_skip()
+        self.skipped_last = self.skip_next
         if self.skip_next:
             self.skip_next = False
             return None

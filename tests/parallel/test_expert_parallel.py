@@ -10,44 +10,27 @@ import os
 import pytest
 import torch
 
+from tests.parallel.conftest import assert_same_losses
 from tests.train.runs import train, train_losses
 
 EP2 = ("--expert-model-parallel-size", "2")
 ITERS = ("--train-iters", "5")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One process, global batch 8 = 2 micro-batches of 4, per mode."""
-    out = {}
-    for mode in ("moe", "hybrid"):
-        run = str(tmp_path_factory.mktemp(f"ref-{mode}"))
-        assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8") == 0
-        out[mode] = train_losses(run)
-    return out
-
-
-def _assert_same(losses, reference):
-    assert sorted(losses) == sorted(reference) and len(reference) == 5
-    for i in reference:  # fp32: relative 1e-5
-        assert losses[i] == pytest.approx(reference[i], rel=1e-5), f"iteration {i}"
-
-
 @pytest.mark.parametrize("mode,zero", [("moe", "0"), ("hybrid", "1"), ("moe", "2")])
-def test_ep2_equals_one_process(tmp_path, reference, mode, zero):
+def test_ep2_equals_one_process(tmp_path, one_process, mode, zero):
     run = str(tmp_path / "ep2")
     assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8", "--zero-stage", zero, *EP2,
                  world_size=2) == 0
-    _assert_same(train_losses(run), reference[mode])
+    assert_same_losses(train_losses(run), train_losses(one_process(mode)))
 
 
-def test_ep2_x_dp2_equals_one_process(tmp_path):
+def test_ep2_x_dp2_equals_one_process(tmp_path, one_process):
     """World 4: two expert groups of 2; expert gradients are reduced over expert-DP groups of 2."""
-    ref, run = str(tmp_path / "ref"), str(tmp_path / "ep2dp2")
-    common = ("--mode", "moe", *ITERS, "--global-batch-size", "8", "--micro-batch-size", "2")
-    assert train(ref, *common) == 0
-    assert train(run, *common, "--zero-stage", "1", *EP2, world_size=4, timeout=600) == 0
-    _assert_same(train_losses(run), train_losses(ref))
+    run = str(tmp_path / "ep2dp2")
+    assert train(run, "--mode", "moe", *ITERS, "--global-batch-size", "8", "--micro-batch-size", "2",
+                 "--zero-stage", "1", *EP2, world_size=4, timeout=600) == 0
+    assert_same_losses(train_losses(run), train_losses(one_process("moe", micro_batch=2)))
 
 
 def test_ep2_resume_is_exact_and_checkpoint_merges_experts(tmp_path, capsys):

@@ -1,0 +1,159 @@
+"""Pipeline parallel: LuminaLM as a DeepSpeed `PipelineModule`.
+
+The spec list is [embedding, block 0 .. block L-1, final norm, head]; stage boundaries come from
+`ParallelLayout.spec_parts` (`--pipeline-layers`), so DeepSpeed builds on each stage exactly the
+layers the dry run shows. With tied embeddings the head is a `TiedLayerSpec` of the embedding:
+the last stage keeps a copy whose gradient DeepSpeed sums with the first stage's.
+
+Between stages the activation is a pair (hidden states, aux): `aux` is the running sum of the
+weighted MoE/MoD auxiliary losses of the layers passed so far, so the last stage adds the whole
+model's auxiliary loss to the LM loss and the gradient of each router reaches its own stage.
+Every parameter is drawn by lumina.model.init under the name it has in LuminaLM, so a pipeline
+run starts from the single-process weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lumina.config import ModelConfig
+from lumina.model.block import Block
+from lumina.model.init import initialize
+from lumina.model.layers import LayerFactory, RMSNorm, rope_tables
+from lumina.model.mod import MoDBlock
+from lumina.model.moe import MoE
+from lumina.model.transformer import layer_routing
+from lumina.parallel.layout import ParallelLayout
+
+
+def _name_and_init(module: nn.Module, prefix: str, seed: int) -> None:
+    """Give every parameter its LuminaLM name (the key of its initial value), then draw it."""
+    for name, p in module.named_parameters():
+        p.init_name = prefix + name
+    initialize(module, seed)
+
+
+class EmbeddingStage(nn.Module):
+    def __init__(self, cfg: ModelConfig, seed: int):
+        super().__init__()
+        self.embed = LayerFactory().embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
+        _name_and_init(self, "", seed)  # "embed.weight"
+
+    @property
+    def weight(self) -> nn.Parameter:  # the attribute TiedLayerSpec ties
+        return self.embed.weight
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(input_ids)
+        # Start the aux-loss sum connected to the graph: DeepSpeed runs backward on every float
+        # tensor a stage sends, and one that does not require grad would fail there.
+        return x, (x.sum() * 0.0).reshape(1)
+
+
+def tied_head(stage: EmbeddingStage, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, aux = inputs
+    return F.linear(x, stage.weight), aux
+
+
+class BlockStage(nn.Module):
+    """Layer `index` of LuminaLM (dense/MoE block, or a MoD-routed one)."""
+
+    def __init__(self, cfg: ModelConfig, index: int, seed: int, recompute: bool):
+        super().__init__()
+        block: nn.Module = Block(cfg, LayerFactory())
+        self.block = MoDBlock(cfg, block) if index in set(cfg.routed_layers()) else block
+        self.index, self.recompute = index, recompute
+        cos, sin = rope_tables(cfg.seq_length, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.routed = [m for m in self.block.modules() if isinstance(m, (MoE, MoDBlock))]
+        _name_and_init(self.block, f"blocks.{index}.", seed)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, aux = inputs
+        T = x.shape[1]
+        cos, sin = self.rope_cos[:T].unsqueeze(0), self.rope_sin[:T].unsqueeze(0)
+        if self.recompute and self.training:  # activation checkpointing on blocks only
+            x = checkpoint(self.block, x, cos, sin, False, use_reentrant=False)
+        else:
+            x = self.block(x, cos, sin, False)
+        for module in self.routed:
+            if module.aux:  # a MoD layer that skipped everything still records its loss
+                aux = aux + module.weighted_aux_loss()
+        return x, aux
+
+
+class NormStage(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, aux = inputs
+        return self.norm(x), aux
+
+
+class HeadStage(nn.Module):
+    """Untied output projection."""
+
+    def __init__(self, cfg: ModelConfig, seed: int):
+        super().__init__()
+        self.lm_head = LayerFactory().embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
+        _name_and_init(self, "", seed)  # "lm_head.weight"
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, aux = inputs
+        return F.linear(x, self.lm_head.weight), aux
+
+
+# Specs before and after the transformer layers, for ParallelLayout.spec_parts.
+SPECS_BEFORE, SPECS_AFTER = 1, 2
+
+
+def lumina_key(spec_index: int, key: str, num_layers: int) -> str:
+    """LuminaLM state-dict key of `key` in the layer file DeepSpeed writes for spec `spec_index`
+    (`layer_XX-model_states.pt`). The tied head has no file of its own."""
+    if 1 <= spec_index <= num_layers:
+        return f"blocks.{spec_index - 1}." + key.removeprefix("block.")
+    return key
+
+
+def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool):
+    """The DeepSpeed PipelineModule for `cfg` on `layout` (call after torch.distributed starts)."""
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+    from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
+
+    specs = [TiedLayerSpec("embed", EmbeddingStage, cfg, seed) if cfg.tie_embeddings
+             else LayerSpec(EmbeddingStage, cfg, seed)]
+    specs += [LayerSpec(BlockStage, cfg, i, seed, recompute) for i in range(cfg.num_layers)]
+    specs.append(LayerSpec(NormStage, cfg))
+    specs.append(TiedLayerSpec("embed", EmbeddingStage, cfg, seed, forward_fn=tied_head) if cfg.tie_embeddings
+                 else LayerSpec(HeadStage, cfg, seed))
+    parts = layout.spec_parts(SPECS_BEFORE, SPECS_AFTER)
+
+    class LuminaPipeline(PipelineModule):
+        def _partition_layers(self, method: str = "uniform") -> None:
+            # Lumina's split (ParallelLayout), not DeepSpeed's: the same one --dry-run prints.
+            self.parts = parts
+            self._set_bounds(start=parts[self.stage_id], stop=parts[self.stage_id + 1])
+
+        def lm_loss(self, outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+            logits, aux = outputs
+            lm = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            self.lm_losses.append(lm.detach())
+            if not self.training:
+                return lm
+            loss = lm + aux.sum()
+            return loss * float("nan") if self.poison_next else loss
+
+        def routing_layers(self) -> list[dict]:
+            return [layer_routing(m.index, m.block) for m in self.forward_funcs if isinstance(m, BlockStage)]
+
+    topology = PipeDataParallelTopology(num_pp=layout.pp, num_dp=layout.dp)
+    module = LuminaPipeline(specs, topology=topology, partition_method="lumina")
+    module.lm_losses, module.poison_next = [], False
+    module.loss_fn = module.lm_loss
+    return module

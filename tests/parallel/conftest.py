@@ -1,0 +1,30 @@
+"""One-process reference runs, shared by every parallel-equality test of the session."""
+
+import pytest
+
+from tests.train.runs import train
+
+
+@pytest.fixture(scope="session")
+def one_process(tmp_path_factory):
+    """one_process(mode, micro_batch) -> run directory of a 1-rank run with global batch 8
+    (8 / micro_batch accumulation steps), 5 iterations; each is trained once per session."""
+    cache: dict = {}
+
+    def get(mode: str, micro_batch: int = 4) -> str:
+        key = (mode, micro_batch)
+        if key not in cache:
+            run = str(tmp_path_factory.mktemp(f"one-{mode}-{micro_batch}"))
+            assert train(run, "--mode", mode, "--train-iters", "5", "--global-batch-size", "8",
+                         "--micro-batch-size", str(micro_batch)) == 0
+            cache[key] = run
+        return cache[key]
+
+    return get
+
+
+def assert_same_losses(losses: dict, reference: dict) -> None:
+    """fp32: relative 1e-5 at every one of the (at least 5) iterations."""
+    assert sorted(losses) == sorted(reference) and len(reference) >= 5
+    for i in reference:
+        assert losses[i] == pytest.approx(reference[i], rel=1e-5), f"iteration {i}"
