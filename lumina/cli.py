@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("lumina.commands.presets", "list the 32 preset configs with parameter and FLOP counts"),
     "tokenizer": ("lumina.commands.tokenizer", "train a lossless sentencepiece tokenizer"),
     "prepare-data": ("lumina.commands.prepare_data", "tokenize text into resumable, memory-mapped token shards"),
+    "plan": ("lumina.commands.plan", "layout, memory per GPU, speed, time and cost of a run, before submitting it"),
     "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
 }
 

@@ -1,0 +1,66 @@
+"""The planned DeepSpeed JSON and SLURM script of each of the 32 preset/mode combinations.
+
+Hardware: the benchmark table's, 1 to 48 A100s. Each combination gets the smallest GPU count of
+TABLE_GPUS on A100-80GB where the planner finds a layout that fits; a model that fits on none of
+them gets the count the planner says it needs (doubling from 48), so `sbatch slurm/<name>.sh` is a
+valid submission on a cluster with that many A100s, and the script's header says so.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+from lumina.plan.hardware import gpu
+from lumina.plan.search import Plan, best
+from lumina.presets import SIZES, get_preset
+from lumina.train.dsconfig import base_config
+
+TABLE_GPU = "a100-80gb"
+TABLE_GPUS = (1, 2, 4, 8, 16, 24, 32, 40, 48)
+MODES = ("dense", "moe", "mod", "hybrid")
+SLURM_TIME = "2-00:00:00"  # a common partition limit; requeue + resume carries a run past it
+
+
+def combos() -> list[tuple[str, str]]:
+    return [(size, mode) for size in SIZES for mode in MODES]
+
+
+@lru_cache(maxsize=None)
+def table_plan(size: str, mode: str) -> Plan:
+    cfg, g = get_preset(size, mode), gpu(TABLE_GPU)
+    for n in TABLE_GPUS:
+        plan = best(cfg, g, n)
+        if plan.fits:
+            return plan
+    n = TABLE_GPUS[-1]
+    while n < 1 << 16:
+        n *= 2
+        plan = best(cfg, g, n)
+        if plan.fits:
+            return plan
+    raise ValueError(f"{size}/{mode}: no layout fits on up to {n} x {TABLE_GPU}")
+
+
+def train_iters(plan: Plan) -> int:
+    return max(1, math.ceil(plan.tokens / (plan.global_batch * plan.seq)))
+
+
+def ds_config(plan: Plan) -> dict:
+    cfg = base_config(plan.zero, bf16=True)
+    cfg.update({"train_micro_batch_size_per_gpu": plan.micro_batch,
+                "gradient_accumulation_steps": plan.grad_accum,
+                "train_batch_size": plan.global_batch})
+    return cfg
+
+
+def header(plan: Plan) -> list[str]:
+    """Why this hardware, for the script's comments."""
+    within = plan.gpus <= TABLE_GPUS[-1]
+    return [f"{plan.cfg.name}/{plan.cfg.mode}: {plan.gpus} x {plan.gpu.name} ({plan.nodes} node(s) of {plan.gpus_per_node})"
+            + ("" if within else f"; fits on none of the benchmark table's 1-{TABLE_GPUS[-1]} A100s"),
+            f"plan: TP {plan.tp} x PP {plan.pp} x DP {plan.dp} (EP {plan.ep}), ZeRO {plan.zero}, micro-batch "
+            f"{plan.micro_batch} x accumulation {plan.grad_accum}, recompute {plan.recompute}, "
+            f"{plan.memory.total / 2**30:.1f} GiB per GPU of {plan.gpu.memory_gib:g}",
+            f"projected (not measured): {plan.tokens_per_s:,.0f} tokens/s at an assumed {plan.mfu.mfu:.0%} MFU, "
+            f"{plan.hours:,.1f} h for {plan.tokens:.3g} tokens; see `lumina plan`"]
