@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("lumina.commands.tokenizer", "train a lossless sentencepiece tokenizer"),
     "prepare-data": ("lumina.commands.prepare_data", "tokenize text into resumable, memory-mapped token shards"),
     "plan": ("lumina.commands.plan", "layout, memory per GPU, speed, time and cost of a run, before submitting it"),
+    "dsconfig": ("lumina.commands.dsconfig", "write the DeepSpeed JSON files of ds_configs/ (base and planned)"),
+    "slurm": ("lumina.commands.slurm", "write slurm/<preset>_<mode>.sh from the plans, or a CPU variant"),
     "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
 }
 

@@ -13,7 +13,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=8, help="GPUs in all (whole nodes beyond one node)")
     parser.add_argument("--gpus-per-node", type=int, default=None, help="default: 8, or --gpus if fewer")
     parser.add_argument("--seq-length", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--global-batch-tokens", default="4M", help="tokens per optimizer step (e.g. 4M)")
+    parser.add_argument("--global-batch-tokens", default=str(4 * 1024 * 1024),
+                        help="tokens per optimizer step (default 4,194,304 = 1,024 x 4,096; K/M/B suffixes are decimal)")
     parser.add_argument("--tokens", default=None, help="tokens to train (default: 20 x active params, Chinchilla)")
     parser.add_argument("--price", type=float, default=None, help="USD per GPU-hour (default: the GPU table's)")
     parser.add_argument("--mfu", type=float, default=None, help="override the MFU assumption (0-1)")

@@ -12,7 +12,7 @@ import math
 from functools import lru_cache
 
 from lumina.plan.hardware import gpu
-from lumina.plan.search import Plan, best
+from lumina.plan.search import Plan, fastest_fitting
 from lumina.presets import SIZES, get_preset
 from lumina.train.dsconfig import base_config
 
@@ -29,17 +29,14 @@ def combos() -> list[tuple[str, str]]:
 @lru_cache(maxsize=None)
 def table_plan(size: str, mode: str) -> Plan:
     cfg, g = get_preset(size, mode), gpu(TABLE_GPU)
-    for n in TABLE_GPUS:
-        plan = best(cfg, g, n)
-        if plan.fits:
+    counts = list(TABLE_GPUS)
+    while counts[-1] < 1 << 16:
+        counts.append(counts[-1] * 2)
+    for n in counts:
+        plan = fastest_fitting(cfg, g, n)
+        if plan is not None:
             return plan
-    n = TABLE_GPUS[-1]
-    while n < 1 << 16:
-        n *= 2
-        plan = best(cfg, g, n)
-        if plan.fits:
-            return plan
-    raise ValueError(f"{size}/{mode}: no layout fits on up to {n} x {TABLE_GPU}")
+    raise ValueError(f"{size}/{mode}: no layout fits on up to {counts[-1]} x {TABLE_GPU}")
 
 
 def train_iters(plan: Plan) -> int:

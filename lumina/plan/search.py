@@ -155,9 +155,10 @@ def comm_seconds(cfg: ModelConfig, gpu: GPU, tp: int, pp: int, ep: int, dp: int,
 
 def candidates(cfg: ModelConfig, gpu: GPU, gpus: int, gpus_per_node: int, global_batch: int, seq: int,
                tokens: float, price: float, mfu: MFUAssumption | None = None,
-               fixed: dict[str, int] | None = None) -> list[Plan]:
+               fixed: dict[str, int] | None = None, fit_only: bool = False) -> list[Plan]:
     """Every layout the trainer accepts for `gpus` GPUs, with its memory and speed (fitting or not).
-    `fixed` pins any of tp, pp, ep, zero."""
+    `fixed` pins any of tp, pp, ep, zero; `fit_only` skips what cannot fit (memory grows with the
+    micro-batch, so the first micro-batch that fits neither with nor without recompute ends the scan)."""
     fixed = fixed or {}
     acc = account(cfg, seq)
     mfu = mfu or mfu_for(gpu.name, cfg.mode)
@@ -182,6 +183,7 @@ def candidates(cfg: ModelConfig, gpu: GPU, gpus: int, gpus_per_node: int, global
                         if mb * dp > 1.5 * global_batch:
                             continue
                         ga = max(1, round(global_batch / (mb * dp)))
+                        before = len(plans)
                         for recompute in ("none", "full"):
                             mem = estimate(cfg, tp=tp, pp=pp, ep=ep, dp=dp, zero=zero, micro_batch=mb,
                                            grad_accum=ga, stage_layers=layout.stage_num_layers, seq=seq,
@@ -193,12 +195,30 @@ def candidates(cfg: ModelConfig, gpu: GPU, gpus: int, gpus_per_node: int, global
                                               recompute, layout.stage_num_layers, seq, mem, acc.flops_per_token,
                                               mfu, eff, tokens, price,
                                               fits=mem.total <= gpu.memory_gib * GIB, comm_s=comm))
+                            if fit_only and not plans[-1].fits:
+                                plans.pop()
+                        if fit_only and len(plans) == before:
+                            break
     return plans
 
 
 def _rank_key(p: Plan) -> tuple:
     # Fastest first; among equals the least model parallelism, the lowest ZeRO stage, the most headroom.
     return (-round(p.tokens_per_s, 6), p.tp * p.pp * p.ep, p.zero, p.memory.total)
+
+
+def fastest_fitting(cfg: ModelConfig, gpu: GPU, gpus: int, global_batch_tokens: int = 4 * 1024 * 1024) -> Plan | None:
+    """The fastest plan that fits on `gpus` (default node size, batch and token budget), or None.
+    Cheap when nothing can fit: 16 bytes a parameter spread over every GPU is a lower bound."""
+    acc = account(cfg, cfg.seq_length)
+    if 16 * acc.params_total / gpus > gpu.memory_gib * GIB:
+        return None
+    gpn = min(gpu.gpus_per_node, gpus)
+    if gpus > gpn and gpus % gpn:
+        return None
+    plans = candidates(cfg, gpu, gpus, gpn, max(1, global_batch_tokens // cfg.seq_length), cfg.seq_length,
+                       CHINCHILLA_TOKENS_PER_PARAM * acc.params_active, gpu.price_per_hour, fit_only=True)
+    return min(plans, key=_rank_key) if plans else None
 
 
 def best(cfg: ModelConfig, gpu: GPU, gpus: int, *, gpus_per_node: int | None = None,
@@ -246,7 +266,7 @@ def nothing_fits_reason(cfg: ModelConfig, gpu: GPU, gpus: int, gpn: int, global_
     while n <= 1 << 16:
         n *= 2
         gb = max(global_batch, n)  # at least one sequence per data-parallel rank
-        if any(p.fits for p in candidates(cfg, gpu, n, gpn, gb, seq, 1.0, 0.0)):
+        if candidates(cfg, gpu, n, gpn, gb, seq, 1.0, 0.0, fit_only=True):
             found = n
             break
     if found is not None:

@@ -1,0 +1,85 @@
+"""`lumina slurm`: write slurm/<preset>_<mode>.sh for all 32 combinations from their plans, or one
+CPU variant for a test cluster (`--cpu-tasks N`, training flags after `--`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="slurm", help="directory to write into (default: slurm)")
+    parser.add_argument("--preset", default=None, help="only this preset (with --mode)")
+    parser.add_argument("--mode", default=None, help="only this mode (with --preset)")
+    parser.add_argument("--cpu-tasks", type=int, default=None,
+                        help="write a CPU variant with this many ranks on one node (srun launcher, no GPUs)")
+    parser.add_argument("--python", default="python3", help="interpreter on the compute nodes")
+    parser.add_argument("--time", default=None, help="time limit, HH:MM:SS or D-HH:MM:SS")
+    parser.add_argument("train_args", nargs=argparse.REMAINDER,
+                        help="with --cpu-tasks: extra lumina/pretrain.py flags after `--`")
+
+
+def planned_script(size: str, mode: str, python: str = "python3") -> str:
+    """The GPU script of one combination: its plan's flags, DeepSpeed JSON and hardware."""
+    from lumina.launch.slurm import SlurmSpec, render
+    from lumina.plan.generate import SLURM_TIME, header, table_plan, train_iters
+
+    plan = table_plan(size, mode)
+    name = f"{size}_{mode}"
+    spec = SlurmSpec(job_name=f"lumina-{size}-{mode}", nodes=plan.nodes, ntasks_per_node=plan.gpus_per_node,
+                     gpus_per_node=plan.gpus_per_node, time=SLURM_TIME,
+                     train_args=(*plan.train_flags(), "--ds_config", f"ds_configs/{name}.json",
+                                 "--train-iters", str(train_iters(plan)), "--run-dir", f"runs/{name}"),
+                     save_dir=f"checkpoints/{name}", log_dir="logs", launcher="deepspeed", python=python)
+    return _with_header(render(spec), header(plan))
+
+
+def cpu_script(size: str, mode: str, tasks: int, extra: list[str], python: str, time: str) -> str:
+    from lumina.launch.slurm import SlurmSpec, render
+
+    spec = SlurmSpec(job_name=f"lumina-{size}-{mode}-cpu", nodes=1, ntasks_per_node=tasks, gpus_per_node=0,
+                     time=time, train_args=("--preset", size, "--mode", mode, *extra),
+                     save_dir=f"checkpoints/{size}_{mode}_cpu", log_dir="logs", launcher="srun", python=python)
+    return _with_header(render(spec), [f"CPU variant of {size}/{mode}: {tasks} ranks on one node, gloo"])
+
+
+def _with_header(script: str, lines: list[str]) -> str:
+    first, rest = script.split("\n", 1)
+    return "\n".join([first, *(f"# {line}" for line in lines), rest])
+
+
+def expected_files(python: str = "python3") -> dict[str, str]:
+    from lumina.plan.generate import combos
+
+    return {f"{size}_{mode}.sh": planned_script(size, mode, python) for size, mode in combos()}
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumina.util.files import atomic_write_text
+
+    extra = [a for a in args.train_args if a != "--"]
+    if (args.preset is None) != (args.mode is None):
+        raise ValueError("--preset and --mode go together: give both for one script, or neither for all 32")
+    if args.cpu_tasks is not None:
+        if args.preset is None:
+            raise ValueError("--cpu-tasks writes one CPU variant: give --preset and --mode too")
+        files = {f"{args.preset}_{args.mode}_cpu.sh": cpu_script(args.preset, args.mode, args.cpu_tasks, extra,
+                                                                  args.python, args.time or "00:30:00")}
+    elif extra:
+        raise ValueError(f"training flags {' '.join(extra)!r} only go with --cpu-tasks: planned scripts take "
+                         "theirs from the plan")
+    elif args.preset is not None:
+        from lumina.presets import get_preset
+
+        get_preset(args.preset, args.mode)  # a clear error for an unknown name
+        files = {f"{args.preset}_{args.mode}.sh": planned_script(args.preset, args.mode, args.python)}
+    else:
+        files = expected_files(args.python)
+    os.makedirs(args.out, exist_ok=True)
+    for name, text in files.items():
+        path = os.path.join(args.out, name)
+        atomic_write_text(path, text)
+        os.chmod(path, 0o755)
+    print(f"wrote {len(files)} SLURM script(s) to {args.out}" +
+          ("; submit from the repository root, after `mkdir -p logs`" if args.cpu_tasks is None else ""))
+    return 0
