@@ -87,6 +87,8 @@ def plan_layout(args: argparse.Namespace) -> tuple[Resolved, ModelConfig, dict, 
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        # First: SLURM may signal (preemption, time limit) while the ranks are still starting up.
+        self.stop = _StopFlag()
         distributed.ensure_env()
         res, self.cfg, self.ds_config, self.layout, self.tokenizer = plan_layout(args)
         if args.sequence_parallel:
@@ -179,7 +181,6 @@ class Trainer:
             self.iteration = meta["iteration"]
         self.acc = account(self.cfg, self.seq)
         self.peak, self.peak_source = peak_tflops(self.device, args.peak_tflops)
-        self.stop = _StopFlag()
         self.log = MetricsLogger(self.run_dir, args.tensorboard_dir or os.path.join(self.run_dir, "tensorboard"),
                                  args.train_iters, self.iteration, enabled=self.rank == 0,
                                  progress=not args.no_progress)

@@ -1,0 +1,1 @@
+"""Job launch tooling: batch scripts for cluster schedulers (`slurm`)."""
