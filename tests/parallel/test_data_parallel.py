@@ -8,7 +8,7 @@ experts are ordinary weights to DeepSpeed, partitioned over DP like the rest.
 
 import pytest
 
-from tests.parallel.conftest import assert_same_losses
+from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses
 from tests.train.runs import train, train_losses
 
 
@@ -22,15 +22,4 @@ def test_dp2_hybrid_equals_one_process(tmp_path, one_process, zero):
 
 def test_dp2_zero2_resume_is_exact(tmp_path):
     """ZeRO-2 partitions optimizer states and gradients over DP: both ranks' partitions come back."""
-    import os
-
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    args = ("--mode", "hybrid", "--train-iters", "6", "--save-interval", "3", "--global-batch-size", "8",
-            "--zero-stage", "2")
-    assert train(full, *args, world_size=2) == 0
-    ckpts = os.path.join(full, "checkpoints")
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("iter_0000003")
-    assert train(part, *args, "--load", ckpts, world_size=2) == 0
-    a, b = train_losses(full), train_losses(part)
-    assert sorted(b) == [4, 5, 6] and [b[i] for i in b] == [a[i] for i in b]
+    assert_resume_is_exact(tmp_path, "--mode", "hybrid", "--global-batch-size", "8", "--zero-stage", "2", world_size=2)

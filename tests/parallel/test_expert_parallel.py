@@ -5,12 +5,10 @@ the same grouping of samples into micro-batches (the loader gives DP rank r the 
 of the global batch) the losses agree to fp32 round-off: relative 1e-5.
 """
 
-import os
-
 import pytest
 import torch
 
-from tests.parallel.conftest import assert_same_losses
+from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses
 from tests.train.runs import train, train_losses
 
 EP2 = ("--expert-model-parallel-size", "2")
@@ -34,21 +32,11 @@ def test_ep2_x_dp2_equals_one_process(tmp_path, one_process):
 
 
 def test_ep2_resume_is_exact_and_checkpoint_merges_experts(tmp_path, capsys):
-    full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    args = ("--mode", "moe", "--train-iters", "6", "--save-interval", "3", "--global-batch-size", "8", *EP2)
-    assert train(full, *args, world_size=2) == 0
-    ckpts = os.path.join(full, "checkpoints")
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("iter_0000003")
-    assert train(part, *args, "--load", ckpts, world_size=2) == 0
-    a, b = train_losses(full), train_losses(part)
-    assert [b[i] for i in (4, 5, 6)] == [a[i] for i in (4, 5, 6)]
+    ckpts = assert_resume_is_exact(tmp_path, "--mode", "moe", "--global-batch-size", "8", *EP2, world_size=2)
 
     # Each rank file holds its own block of experts; the merged state dict puts them in order.
     from lumina.train.checkpoint import load_model_weights, load_rank_state
 
-    with open(os.path.join(ckpts, "latest"), "w") as f:
-        f.write("iter_0000006")
     merged, _ = load_model_weights(ckpts)
     shards = [load_rank_state(ckpts, "iter_0000006", r)["experts"] for r in (0, 1)]
     key = "blocks.0.mlp.w_gate"
