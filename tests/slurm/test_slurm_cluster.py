@@ -123,9 +123,16 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(slurm_cluster, t
 
     # The requeued job starts again, finds the checkpoint and continues after it. SLURM holds a
     # requeued batch job back for about two minutes (Reason=BeginTime): lift that here.
+    # Lift it only once the job is back in the queue and the node has finished cleaning up after
+    # the first start: a start on a node still completing the old one fails without a log.
+    wait_for(slurm_cluster, job, lambda f: f["JobState"] == "PENDING")
+    deadline = time.monotonic() + 60
+    while "idle" not in slurm_cluster.run("sinfo", "-h", "-o", "%T", check=False).stdout:
+        assert time.monotonic() < deadline, "the node did not return to idle after the first start"
+        time.sleep(0.5)
     slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     fields = wait_for(slurm_cluster, job, trained(before + 1))
-    assert fields["JobState"] == "RUNNING", log_of(fields)
+    assert fields["JobState"] == "RUNNING", f"{log_of(fields)}\n{fields}\n{slurm_cluster.logs()}"
     assert train_records(run)[before]["iteration"] == saved + 1
     slurm_cluster.run("scancel", job)
     wait_for(slurm_cluster, job, lambda f: f["JobState"] in ENDED)
