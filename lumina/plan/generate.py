@@ -26,17 +26,28 @@ def combos() -> list[tuple[str, str]]:
     return [(size, mode) for size in SIZES for mode in MODES]
 
 
-@lru_cache(maxsize=None)
-def table_plan(size: str, mode: str) -> Plan:
-    cfg, g = get_preset(size, mode), gpu(TABLE_GPU)
+def gpu_counts() -> list[int]:
+    """The benchmark table's GPU counts, then doubling: the ladder a smallest fit is looked for on."""
     counts = list(TABLE_GPUS)
     while counts[-1] < 1 << 16:
         counts.append(counts[-1] * 2)
-    for n in counts:
+    return counts
+
+
+@lru_cache(maxsize=None)
+def smallest_fit(size: str, mode: str, gpu_name: str = TABLE_GPU) -> Plan:
+    """The fastest plan on the smallest count of `gpu_counts()` GPUs where one fits."""
+    cfg, g = get_preset(size, mode), gpu(gpu_name)
+    for n in gpu_counts():
         plan = fastest_fitting(cfg, g, n)
         if plan is not None:
             return plan
-    raise ValueError(f"{size}/{mode}: no layout fits on up to {counts[-1]} x {TABLE_GPU}")
+    raise ValueError(f"{size}/{mode}: no layout fits on up to {gpu_counts()[-1]} x {gpu_name}")
+
+
+def table_plan(size: str, mode: str) -> Plan:
+    """The plan of the generated files: the smallest A100-80GB fit."""
+    return smallest_fit(size, mode, TABLE_GPU)
 
 
 def train_iters(plan: Plan) -> int:

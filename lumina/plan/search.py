@@ -32,7 +32,7 @@ from lumina.accounting import account
 from lumina.config import ModelConfig
 from lumina.parallel.layout import ParallelLayout
 from lumina.plan.hardware import GIB, GPU, MFUAssumption, mfu_for
-from lumina.plan.memory import MemoryBreakdown, estimate
+from lumina.plan.memory import FRAGMENTATION, MemoryBreakdown, estimate
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 (arXiv 2203.15556)
@@ -271,7 +271,7 @@ def nothing_fits_reason(cfg: ModelConfig, gpu: GPU, gpus: int, gpn: int, global_
             break
     if found is not None:
         parts.append(f"needs at least {found} x {gpu.name.upper()}")
-    offloaded = smallest.memory.total - smallest.memory.optimizer * (1 + 0.10)
+    offloaded = smallest.memory.total - smallest.memory.optimizer * (1 + FRAGMENTATION)
     if offloaded <= gpu.memory_gib * GIB:
         parts.append("or optimizer offload (ZeRO-3 with offload_optimizer to CPU: ds_configs/bf16_zero3_offload.json)")
     return "; ".join(parts)

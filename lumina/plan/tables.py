@@ -7,29 +7,21 @@ from __future__ import annotations
 import sys
 
 from lumina.plan.claims import CLAIMS, check, table
-from lumina.plan.generate import MODES, TABLE_GPUS
-from lumina.plan.hardware import GIB, gpu
-from lumina.plan.search import fastest_fitting, hours_label, tokens_label
-from lumina.presets import SIZES, get_preset
+from lumina.plan.generate import MODES, smallest_fit
+from lumina.plan.hardware import GIB
+from lumina.plan.search import hours_label, tokens_label
+from lumina.presets import SIZES
 
 BEGIN, END = "<!-- generated: python -m lumina.plan.tables docs/ops.md -->", "<!-- end generated -->"
 
 
-def _counts() -> list[int]:
-    counts = list(TABLE_GPUS)
-    while counts[-1] < 1 << 14:
-        counts.append(counts[-1] * 2)
-    return counts
-
-
 def plan_table(gpu_name: str) -> str:
-    g = gpu(gpu_name)
-    rows = [f"| size | mode | GPUs | TP x PP x DP (EP) | ZeRO | micro x accum | recompute | GiB / GPU | "
-            f"tokens/s (MFU) | tokens | time | cost |",
+    rows = ["| size | mode | GPUs | TP x PP x DP (EP) | ZeRO | micro x accum | recompute | GiB / GPU | "
+            "tokens/s (MFU) | tokens | time | cost |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for size in SIZES:
         for mode in MODES:
-            plan = next(p for p in (fastest_fitting(get_preset(size, mode), g, n) for n in _counts()) if p)
+            plan = smallest_fit(size, mode, gpu_name)
             rows.append(
                 f"| {size} | {mode} | {plan.gpus} | {plan.tp} x {plan.pp} x {plan.dp} ({plan.ep}) | {plan.zero} | "
                 f"{plan.micro_batch} x {plan.grad_accum} | {plan.recompute} | {plan.memory.total / GIB:.1f} | "

@@ -169,6 +169,7 @@ class Trainer:
         self.model: LuminaLM = self.engine.module  # a PipelineModule under pipeline parallel
         if self.pipe:  # the skip decision needs the last stage's loss, so all ranks agree at the step
             self.optimizer.decide_skip = self._pipe_before_step
+            self.model.loss_fn = self._pipe_loss
         self.bf16 = bf16_enabled(self.ds_config)
         self.iteration = 0
         if self.resume is not None:
@@ -242,17 +243,16 @@ class Trainer:
         self.model.poison_next = self.iteration + 1 in self.args.debug_nan_iters
         self._pipe_nonfinite = False
         batches = self._batches(self.train_loader, self.res.grad_accum)
-
-        def loss_watch(outputs, labels):  # record a non-finite loss for the step's skip decision
-            loss = self.model.lm_loss(outputs, labels)
-            self._pipe_nonfinite |= not bool(torch.isfinite(loss))
-            return loss
-
-        self.model.loss_fn = loss_watch
         self.engine.train_batch(iter(batches))
         if self.optimizer.skipped_last:
             return None
         return self._pipe_lm_loss()
+
+    def _pipe_loss(self, outputs, labels) -> torch.Tensor:
+        """The last stage's loss; a non-finite one is recorded for the step's skip decision."""
+        loss = self.model.lm_loss(outputs, labels)
+        self._pipe_nonfinite |= not bool(torch.isfinite(loss))
+        return loss
 
     def _pipe_before_step(self) -> bool:
         """Run by every rank inside the optimizer step, after the gradients are reduced: whether to
