@@ -7,26 +7,33 @@ bytes). ZeRO-1 divides the optimizer states over the data-parallel group, ZeRO-2
 too, ZeRO-3 the weights too. Dense weights are divided over DP; expert weights, which EP ranks
 hold different blocks of, over the expert-data-parallel group (DP / EP).
 
-Activations follow the term-by-term accounting of Korthikanti et al. 2022 (arXiv 2205.05198,
-section 4), adapted to Lumina's block: no dropout (its 1-byte masks vanish), RMSNorm, GQA (K and V
-are `kv_heads x head_dim` wide), SwiGLU (gate, up and their product are stored: 3 x ffn), BF16
-activations (2 bytes). Per layer and micro-batch of b sequences of s tokens, hidden h, ffn F,
-heads a, KV width g, tensor parallel t:
+Activations follow the term-by-term method of Korthikanti et al. 2022 (arXiv 2205.05198,
+section 4): count every tensor autograd keeps for the backward pass. The terms are Lumina's own
+block, checked tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` and against the
+measured peak (`lumina.plan.validate`, docs/ops.md): no dropout, RMSNorm computed in FP32, GQA (K
+and V are `kv_heads x head_dim` = g wide), SwiGLU without a fused kernel. With `a` bytes an
+activation element (2 in BF16, 4 in FP32), per token of a micro-batch of b sequences of s tokens,
+hidden h, ffn F, heads n, tensor parallel t:
 
-    attention  2sb * (2h + (h + 2g)/t + h/t)  +  2 a s^2 b / t   (softmax output; not with SDPA/flash)
-    dense MLP  2sb * (2h + 3F/t)
-    MoE MLP    2sb * 2h + 4sb(E + noop) + k * cf * 2sb * (2h + 3F/t)   (fp32 router logits; each of
-               the k assignments keeps its permuted input, expert activations and output, up to
-               the capacity factor cf)
-    MoD layer  capacity x the block (the block runs on the selected tokens) + 2sb*h (gathered copy)
+    each RMSNorm  (4 + 4 + a) h        FP32 input, FP32 normalised value, output in the model dtype
+    attention     norm + a (h + 2g)/t + a h/t + 4n/t
+                  (Q, K, V after RoPE, the SDPA output, which the output projection reads as a
+                  view, and the FP32 log-sum-exp); without flash/SDPA + a n s / t (softmax output)
+    dense MLP     norm + 4aF/t         (gate, up, silu(gate) and their product: torch's SwiGLU)
+    MoE MLP       norm + 8(E + noop) + k (2ah + 4aF/t)
+                  (FP32 router logits and probabilities; each of the k assignments keeps its
+                  permuted input, its output and the expert's 4F; dropped tokens only lower this)
+    MoD layer     the block at capacity c (run on the c s gathered tokens) + a h (the router's
+                  input) + 2aP (the predictor's hidden layer of width P) + a c h (the gated update)
 
-Full recompute keeps only each layer's input (2sbh) plus one layer's activations during its
+Full recompute keeps only each layer's input (a h) plus one layer's activations during its
 backward. Under 1F1B pipeline parallel the first stage holds min(P, micro-batches) micro-batches
 of activations (Korthikanti et al., section 4.2.3), which is the worst stage. The last stage adds
-the logits: FP32 for the loss and their BF16 copy, 6 s b V / t.
+the logits: the model-dtype logits and the FP32 log-softmax the loss keeps, (a + 4) s b V / t,
+plus the FP32 gradients of both that the backward of the loss creates, 8 s b V / t: (a + 12) s b V / t.
 
 Buffers: DeepSpeed's reduce bucket (5e7 FP32 elements) and all-gather bucket (5e7 BF16 elements)
-as Lumina's configs set them, 1 GiB for the CUDA context, NCCL and allocator workspaces (an
+as Lumina's configs set them, 1 GiB for the CUDA context (none on CPU), NCCL and allocator workspaces (an
 assumption), and under ZeRO-3 two layers' gathered weights (the working and the prefetched one).
 A fragmentation margin of 10% of everything is added last.
 """
@@ -38,11 +45,28 @@ from dataclasses import asdict, dataclass
 from lumina.accounting import _expert_params, layer_params
 from lumina.config import ModelConfig
 
-BYTES_WEIGHT, BYTES_GRAD, BYTES_OPTIM = 2, 4, 12
 BUCKET_BYTES = 50_000_000 * 4 + 50_000_000 * 2
 CONTEXT_BYTES = 1 << 30
 FRAGMENTATION = 0.10
 RECOMPUTE = ("none", "selective", "full")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes a parameter takes as weight, gradient and optimizer state, and an activation element."""
+    name: str
+    weight: int
+    grad: int
+    optim: int
+    act: int
+
+
+PRECISIONS = {
+    # Mixed precision (ZeRO paper): BF16 weights, FP32-accumulated gradients, FP32 master + Adam m, v.
+    "bf16": Precision("bf16", 2, 4, 12, 2),
+    # Plain FP32 (Lumina on CPU): FP32 weights and gradients, Adam m and v; no master copy.
+    "fp32": Precision("fp32", 4, 4, 8, 4),
+}
 
 
 @dataclass(frozen=True)
@@ -77,40 +101,55 @@ def _layer_split(cfg: ModelConfig, layer: int) -> tuple[int, int]:
     return layer_params(cfg, layer) - expert, expert
 
 
-def layer_activation_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, flash: bool,
-                           routed: bool, with_mod: bool = True) -> float:
-    """Activation bytes one layer stores for one micro-batch (no recompute)."""
-    s, b, h, F, t = seq, micro_batch, cfg.hidden_size, cfg.ffn_hidden_size, tp
+def _block_bytes(cfg: ModelConfig, tokens: float, seq: float, tp: int, flash: bool, a: int) -> float:
+    """Activation bytes of one block (attention + MLP) run on `tokens` tokens of sequences `seq` long."""
+    h, F, t, n = cfg.hidden_size, cfg.ffn_hidden_size, tp, cfg.num_heads
     g = cfg.num_kv_heads * cfg.head_dim
-    attn = 2 * s * b * (2 * h + (h + 2 * g) / t + h / t)
+    norm = (8 + a) * h
+    attn = norm + a * (h + 2 * g) / t + a * h / t + 4 * n / t
     if not flash:
-        attn += 2 * cfg.num_heads * s * s * b / t
+        attn += a * n * seq / t
     if cfg.moe:
-        cf = float(cfg.moe.num_experts) / cfg.moe.top_k if cfg.moe.dropless else cfg.moe.capacity_factor_train  # dropless: worst case
-        k = cfg.moe.top_k
-        mlp = (2 * s * b * 2 * h + 4 * s * b * (cfg.moe.num_experts + cfg.moe.num_noop_experts)
-               + min(k * cf, cfg.moe.num_experts) * 2 * s * b * (2 * h + 3 * F / t))
+        mlp = (norm + 8 * (cfg.moe.num_experts + cfg.moe.num_noop_experts)
+               + cfg.moe.top_k * (2 * a * h + 4 * a * F / t))
     else:
-        mlp = 2 * s * b * (2 * h + 3 * F / t)
-    block = attn + mlp
+        mlp = norm + 4 * a * F / t
+    return tokens * (attn + mlp)
+
+
+def layer_activation_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, flash: bool,
+                           routed: bool, with_mod: bool = True, act_bytes: int = 2) -> float:
+    """Activation bytes one layer stores for one micro-batch (no recompute)."""
+    a, tokens = act_bytes, seq * micro_batch
     if routed and with_mod and cfg.mod is not None:
-        return cfg.mod.capacity * block + 2 * s * b * h
-    return block
+        c, h = cfg.mod.capacity, cfg.hidden_size
+        return (_block_bytes(cfg, c * tokens, c * seq, tp, flash, a)
+                + tokens * (a * h + 2 * a * cfg.mod.predictor_hidden + a * c * h))
+    return _block_bytes(cfg, tokens, seq, tp, flash, a)
+
+
+def logits_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, act_bytes: int = 2) -> float:
+    """The last stage's logits, log-softmax and the loss backward's two FP32 gradients of them."""
+    return (act_bytes + 12) * seq * micro_batch * cfg.vocab_size / tp
 
 
 def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int, micro_batch: int,
              grad_accum: int, stage_layers: tuple[int, ...], seq: int | None = None,
-             recompute: str = "none", flash: bool = True) -> MemoryBreakdown:
+             recompute: str = "none", flash: bool = True, precision: str = "bf16",
+             context_bytes: float = CONTEXT_BYTES) -> MemoryBreakdown:
     """Per-GPU memory of the busiest stage for this layout."""
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute={recompute!r} is unknown: choose one of {', '.join(RECOMPUTE)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
+    p = PRECISIONS[precision]
     s = seq or cfg.seq_length
     routed = set(cfg.routed_layers())
     edp = max(dp // ep, 1)
     # Per-layer figures depend only on whether the layer is MoD-routed: compute each kind once.
     kinds = {r: (*_layer_split(cfg, next(i for i in range(cfg.num_layers) if (i in routed) == r)),
-                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r),
-                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, with_mod=False))
+                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, act_bytes=p.act),
+                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, with_mod=False, act_bytes=p.act))
              for r in {i in routed for i in range(cfg.num_layers)}}
     best: MemoryBreakdown | None = None
     first = 0
@@ -128,9 +167,9 @@ def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int,
             dense += cfg.hidden_size + (embed if (pp > 1 or not cfg.tie_embeddings) else 0)
 
         def states(count: float, group: int) -> tuple[float, float, float]:
-            w = count * BYTES_WEIGHT / (group if zero >= 3 else 1)
-            g = count * BYTES_GRAD / (group if zero >= 2 else 1)
-            o = count * BYTES_OPTIM / (group if zero >= 1 else 1)
+            w = count * p.weight / (group if zero >= 3 else 1)
+            g = count * p.grad / (group if zero >= 2 else 1)
+            o = count * p.optim / (group if zero >= 1 else 1)
             return w, g, o
 
         dw, dg, do = states(dense, dp)
@@ -139,18 +178,18 @@ def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int,
         act_all = sum(kinds[r][2] * c for r, c in counts.items() if c)
         plain_all = sum(kinds[r][3] * c for r, c in counts.items() if c)
         if recompute == "full":
-            inputs = 2 * s * micro_batch * cfg.hidden_size * n * in_flight
+            inputs = p.act * s * micro_batch * cfg.hidden_size * n * in_flight
             act = inputs + max(kinds[r][2] for r, c in counts.items() if c)
             act_plain = inputs + max(kinds[r][3] for r, c in counts.items() if c)
         else:
             act, act_plain = act_all * in_flight, plain_all * in_flight
         if stage == pp - 1:
-            logits = 6 * s * micro_batch * cfg.vocab_size / tp
+            logits = logits_bytes(cfg, s, micro_batch, tp, p.act)
             act, act_plain = act + logits, act_plain + logits
-        buffers = CONTEXT_BYTES + (BUCKET_BYTES if zero >= 1 else 0)
+        buffers = context_bytes + (BUCKET_BYTES if zero >= 1 else 0)
         if zero >= 3:
             biggest = max(sum(kinds[r][:2]) for r, c in counts.items() if c) / tp
-            buffers += 2 * biggest * BYTES_WEIGHT
+            buffers += 2 * biggest * p.weight
         subtotal = dw + ew + dg + eg + do + eo + act + buffers
         candidate = MemoryBreakdown(weights=dw + ew, gradients=dg + eg, optimizer=do + eo, activations=act,
                                     buffers=buffers, fragmentation=FRAGMENTATION * subtotal, stage=stage,

@@ -60,7 +60,10 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.socket.2
+# cred_expire is also how long SLURM holds a requeued job back (default 120 s). Starting it
+# sooner (scontrol update StartTime=now) races slurmd's revocation of the first start's
+# credential: "Job N already killed, do not launch batch job" and the job FAILs without a log.
+AuthInfo=socket={root}/munge/munge.socket.2,cred_expire=10
 SlurmctldPort={_free_port()}
 SlurmdPort={_free_port()}
 StateSaveLocation={root}/state/ctld
