@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("lumina.commands.plan", "layout, memory per GPU, speed, time and cost of a run, before submitting it"),
     "dsconfig": ("lumina.commands.dsconfig", "write the DeepSpeed JSON files of ds_configs/ (base and planned)"),
     "slurm": ("lumina.commands.slurm", "write slurm/<preset>_<mode>.sh from the plans, or a CPU variant"),
+    "bench": ("lumina.commands.bench", "the benchmark table: every mode beside HF Llama/Mixtral and a plain loop, measured"),
     "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
 }
 

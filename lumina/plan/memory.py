@@ -36,6 +36,13 @@ Buffers: DeepSpeed's reduce bucket (5e7 FP32 elements) and all-gather bucket (5e
 as Lumina's configs set them, 1 GiB for the CUDA context (none on CPU), NCCL and allocator workspaces (an
 assumption), and under ZeRO-3 two layers' gathered weights (the working and the prefetched one).
 A fragmentation margin of 10% of everything is added last.
+
+Gradients: DeepSpeed's BF16 and ZeRO optimizers keep them in flat buffers allocated once, so all
+of them count. Plain FP32 at ZeRO-0 (Lumina on CPU) frees them after each step; its peak is the
+larger of the backward's start (activations and the output layer's gradient) and its end (every
+gradient plus, with more than one process, the flat copy DeepSpeed's ZeRO-0 all-reduce makes of
+them), and `gradients` holds
+what that peak adds to weights, optimizer states and activations.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from lumina.accounting import _expert_params, layer_params
 from lumina.config import ModelConfig
 
 BUCKET_BYTES = 50_000_000 * 4 + 50_000_000 * 2
+ALLREDUCE_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's MEMORY_OPT_ALLREDUCE_SIZE (ZeRO-0 all-reduce)
 CONTEXT_BYTES = 1 << 30
 FRAGMENTATION = 0.10
 RECOMPUTE = ("none", "selective", "full")
@@ -59,13 +67,17 @@ class Precision:
     grad: int
     optim: int
     act: int
+    # DeepSpeed's BF16/ZeRO optimizers keep gradients in flat buffers allocated once, so all of them
+    # are live at the peak. With a plain torch optimizer (FP32 at ZeRO-0, Lumina's CPU path) they
+    # are freed after each step and created during the backward as activations are freed.
+    grads_persist: bool
 
 
 PRECISIONS = {
     # Mixed precision (ZeRO paper): BF16 weights, FP32-accumulated gradients, FP32 master + Adam m, v.
-    "bf16": Precision("bf16", 2, 4, 12, 2),
+    "bf16": Precision("bf16", 2, 4, 12, 2, grads_persist=True),
     # Plain FP32 (Lumina on CPU): FP32 weights and gradients, Adam m and v; no master copy.
-    "fp32": Precision("fp32", 4, 4, 8, 4),
+    "fp32": Precision("fp32", 4, 4, 8, 4, grads_persist=False),
 }
 
 
@@ -186,6 +198,16 @@ def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int,
         if stage == pp - 1:
             logits = logits_bytes(cfg, s, micro_batch, tp, p.act)
             act, act_plain = act + logits, act_plain + logits
+        if not p.grads_persist and zero == 0:
+            # The peak is either at the start of the backward (all activations, plus the gradient
+            # of the first weight the backward reaches: the output layer's) or at its end (all
+            # gradients, activations gone, and the flat copy DeepSpeed's ZeRO-0 all-reduce makes
+            # of them, bucket by bucket, when there is more than one process):
+            # W + O + max(A + G_first, G + flat) = W + O + A + max(G_first, G + flat - A).
+            first = (embed if stage == pp - 1 else kinds[False if counts[False] else True][0] / tp) * p.grad
+            world = tp * pp * dp  # the trainer turns the all-reduce off in a one-process run
+            flat = min(dg + eg, ALLREDUCE_BUCKET_ELEMENTS * p.grad) if world > 1 else 0.0
+            dg, eg = max(first, dg + eg + flat - act), 0.0
         buffers = context_bytes + (BUCKET_BYTES if zero >= 1 else 0)
         if zero >= 3:
             biggest = max(sum(kinds[r][:2]) for r, c in counts.items() if c) / tp

@@ -148,13 +148,16 @@ class Trainer:
         offload = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
         groups_ = param_groups(model, args.weight_decay, ep.group_name if ep else "experts")
         self.optimizer = make_optimizer(groups_, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps, offload)
-        # At ZeRO-0 DeepSpeed's clipping misjudges the global norm under expert parallel (it
-        # averages per-rank norms that each see only their own experts) and pipeline parallel (it
-        # counts the tied embedding twice and non-TP weights only on stage 0); Lumina clips by the
-        # true global norm instead (_unsharded_grad_norm).
+        # At ZeRO-0 in FP32 Lumina computes the true global gradient norm itself (_unsharded_grad_norm,
+        # for the log) and clips by it: DeepSpeed's clipping there misjudges the norm under expert
+        # parallel (it averages per-rank norms that each see only their own experts) and pipeline
+        # parallel (it counts the tied embedding twice and non-TP weights only on stage 0), and
+        # elsewhere would compute the same norm a second time every step.
         self.clip = None
-        if (ep is not None or self.pipe) and zero.get("stage", 0) == 0 and not bf16_enabled(self.ds_config):
-            self.clip = self.ds_config.pop("gradient_clipping", 0.0) or None
+        if zero.get("stage", 0) == 0 and not bf16_enabled(self.ds_config):
+            self.clip = self.ds_config.get("gradient_clipping", 0.0) or None
+            # 0, not absent: DeepSpeed 0.19's default for an absent gradient_clipping is 1.0.
+            self.ds_config["gradient_clipping"] = 0.0
         import deepspeed
 
         ctx = contextlib.nullcontext()
@@ -167,6 +170,10 @@ class Trainer:
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
                                                         config=self.ds_config, mpu=mpu)
         self.model: LuminaLM = self.engine.module  # a PipelineModule under pipeline parallel
+        if res.world_size == 1 and zero.get("stage", 0) == 0:
+            # One process has nothing to all-reduce, but DeepSpeed's ZeRO-0 backward still copies
+            # every gradient into flat buckets and back (a full extra copy, each step).
+            self.engine.enable_backward_allreduce = False
         if self.pipe:  # the skip decision needs the last stage's loss, so all ranks agree at the step
             self.optimizer.decide_skip = self._pipe_before_step
             self.model.loss_fn = self._pipe_loss
@@ -282,15 +289,19 @@ class Trainer:
         import torch.distributed as dist
 
         # [TP-sharded, replicated] squared sums; expert weights differ over the EP group too.
-        dense, experts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        # Per-tensor norms in one fused call each (no FP64 copy of every gradient), summed in FP64.
+        grads: dict[tuple[bool, int], list[torch.Tensor]] = {}
         for p in self.engine.module.parameters():
             if p.grad is None:
                 continue
             if getattr(p, "ds_pipe_replicated", False):  # the last stage's copy of a tied embedding
                 continue
-            sq = p.grad.detach().double().pow(2).sum().cpu()
-            bucket = experts if getattr(p, "allreduce", True) is False else dense
-            bucket[0 if getattr(p, "tensor_model_parallel", False) else 1] += sq
+            key = (getattr(p, "allreduce", True) is False, 0 if getattr(p, "tensor_model_parallel", False) else 1)
+            grads.setdefault(key, []).append(p.grad.detach())
+        dense, experts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        for (is_expert, slot), tensors in grads.items():
+            norms = torch.stack(torch._foreach_norm(tensors)).double().cpu()
+            (experts if is_expert else dense)[slot] += norms.pow(2).sum()
         if self.ep is not None:
             experts = experts.to(self.device)
             dist.all_reduce(experts, group=self.ep.group)

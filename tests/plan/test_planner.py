@@ -41,14 +41,27 @@ def test_experts_are_divided_by_ep_and_by_expert_data_parallel():
 
 
 def test_activation_terms_worked_by_hand():
-    """debug dense, s=128, b=2, t=1, SDPA: 2sb(2h + (h + 2g) + h) + 2sb(2h + 3F)."""
+    """debug dense, s=128, b=2, t=1, SDPA, BF16 (a = 2 bytes): per token, two RMSNorms of
+    (4 + 4 + a) h, Q/K/V a (h + 2g), SDPA output a h, log-sum-exp 4n, SwiGLU 4aF."""
     cfg = get_preset("debug", "dense")
-    s, b, h, F = 128, 2, cfg.hidden_size, cfg.ffn_hidden_size
+    s, b, h, F, n = 128, 2, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_heads
     g = cfg.num_kv_heads * cfg.head_dim
-    by_hand = 2 * s * b * (2 * h + (h + 2 * g) + h) + 2 * s * b * (2 * h + 3 * F)
+    by_hand = s * b * (2 * 10 * h + 2 * (h + 2 * g) + 2 * h + 4 * n + 2 * 4 * F)
     assert layer_activation_bytes(cfg, s, b, 1, flash=True, routed=False) == by_hand
-    # without flash the softmax output (2 a s^2 b) is stored too
-    assert layer_activation_bytes(cfg, s, b, 1, flash=False, routed=False) == by_hand + 2 * cfg.num_heads * s * s * b
+    # without flash the softmax output (a n s^2 b) is stored too
+    assert layer_activation_bytes(cfg, s, b, 1, flash=False, routed=False) == by_hand + 2 * n * s * s * b
+    # FP32 activations: the norms' FP32 tensors stay 8 bytes, everything else doubles
+    fp32 = s * b * (2 * 12 * h + 4 * (h + 2 * g) + 4 * h + 4 * n + 4 * 4 * F)
+    assert layer_activation_bytes(cfg, s, b, 1, flash=True, routed=False, act_bytes=4) == fp32
+
+
+def test_moe_layer_keeps_k_copies_of_the_expert_activations():
+    cfg = get_preset("debug", "moe")
+    s, b, h, F, n, E, k = 128, 2, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_heads, cfg.moe.num_experts, cfg.moe.top_k
+    g = cfg.num_kv_heads * cfg.head_dim
+    attn = 10 * h + 2 * (h + 2 * g) + 2 * h + 4 * n
+    mlp = 10 * h + 8 * E + k * (2 * 2 * h + 2 * 4 * F)
+    assert layer_activation_bytes(cfg, s, b, 1, flash=True, routed=False) == s * b * (attn + mlp)
 
 
 def test_mod_saves_activations_and_recompute_saves_more():
@@ -56,15 +69,35 @@ def test_mod_saves_activations_and_recompute_saves_more():
     common = dict(tp=1, pp=1, ep=1, dp=1, zero=0, micro_batch=4, grad_accum=1, stage_layers=(cfg.num_layers,))
     plain = estimate(cfg, **common)
     assert plain.mod_activation_saving > 0
-    c = cfg.mod.capacity
-    one = layer_activation_bytes(cfg, cfg.seq_length, 4, 1, True, routed=False)
-    per_routed = (1 - c) * one - 2 * cfg.seq_length * 4 * cfg.hidden_size
-    assert plain.mod_activation_saving == pytest.approx(per_routed * len(cfg.routed_layers()))
-    s, b, h, V = cfg.seq_length, 4, cfg.hidden_size, cfg.vocab_size
-    full = estimate(cfg, recompute="full", **common)
-    # full recompute: every layer's input, one layer's activations, and the logits (6 s b V)
+    s, b, h, V, c, P = cfg.seq_length, 4, cfg.hidden_size, cfg.vocab_size, cfg.mod.capacity, cfg.mod.predictor_hidden
+    one = layer_activation_bytes(cfg, s, b, 1, True, routed=False)
+    # the block on c s b gathered tokens, the router's input, the predictor's hidden layer, the update
     routed_layer = layer_activation_bytes(cfg, s, b, 1, True, routed=True)
-    assert full.activations == pytest.approx(2 * s * b * h * cfg.num_layers + max(one, routed_layer) + 6 * s * b * V)
+    assert routed_layer == pytest.approx(c * one + s * b * (2 * h + 2 * 2 * P + 2 * c * h))
+    assert plain.mod_activation_saving == pytest.approx((one - routed_layer) * len(cfg.routed_layers()))
+    full = estimate(cfg, recompute="full", **common)
+    # full recompute: every layer's input, one layer's activations, and the logits ((a + 12) s b V)
+    assert full.activations == pytest.approx(2 * s * b * h * cfg.num_layers + max(one, routed_layer) + 14 * s * b * V)
+
+
+def test_fp32_without_persistent_gradients_peaks_at_the_larger_backward_phase():
+    """Plain FP32 (Lumina's CPU path): 4 + 8 bytes of weights and Adam states; the gradients live at
+    the peak are the output layer's when activations dominate, all minus the activations otherwise."""
+    cfg = get_preset("debug", "dense")
+    P = account(cfg).params_total
+    common = dict(tp=1, pp=1, ep=1, dp=1, zero=0, grad_accum=1, stage_layers=(cfg.num_layers,),
+                  precision="fp32", context_bytes=0)
+    big = estimate(cfg, micro_batch=8, **common)
+    assert (big.weights, big.optimizer) == pytest.approx((4 * P, 8 * P), rel=1e-6)
+    assert big.gradients == pytest.approx(4 * cfg.vocab_size * cfg.hidden_size)
+    assert big.buffers == 0
+    # states dominate: all gradients, no activations; with DP, DeepSpeed's flat all-reduce copy too
+    tiny = estimate(cfg.replace(seq_length=4), micro_batch=1, **common)
+    assert tiny.activations + tiny.gradients == pytest.approx(4 * P, rel=1e-6)
+    two = estimate(cfg.replace(seq_length=4), micro_batch=1, **{**common, "dp": 2})
+    assert two.activations + two.gradients == pytest.approx(2 * 4 * P, rel=1e-6)
+    with pytest.raises(ValueError, match="precision='fp16' is unknown: choose one of bf16, fp32"):
+        estimate(cfg, micro_batch=1, **{**common, "precision": "fp16"})
 
 
 def test_pipeline_first_stage_holds_p_micro_batches():

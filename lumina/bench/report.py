@@ -1,0 +1,181 @@
+"""docs/benchmarks.md, rendered from the results file alone: every figure in it comes from there."""
+
+from __future__ import annotations
+
+from lumina.plan.claims import table as claims_table
+from lumina.plan.hardware import GPUS
+
+PLOTS = (("loss_vs_tokens.png", "Training loss against tokens"),
+         ("loss_vs_time.png", "Training loss against wall time (train steps only)"),
+         ("tokens_per_s.png", "Tokens/s per mode and system"),
+         ("expert_load.png", "Expert load per layer (share of routed tokens, last logged iteration)"),
+         ("mod_skip.png", "MoD skip rate per layer (last logged iteration)"))
+
+
+def _f(value, fmt: str, none: str = "-") -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else none
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _cost(run: dict) -> str:
+    """The table's price per GPU-hour times the run's time, on a GPU of the price table; CPU: none."""
+    name = (run["hardware"] or "").lower()
+    price = next((g.price_per_hour for key, g in GPUS.items() if key.split("-")[0] in name), None)
+    return f"${price * run['train_seconds'] / 3600:.4f}" if price is not None and "cpu" not in name else "-"
+
+
+def measured_table(runs: list[dict]) -> str:
+    out = ["| size | mode | system | tokens | held-out loss | ppl | final train loss | time | peak memory "
+           "| tokens/s | MFU | cost | skip rate | FLOPs reduction | expert utilisation | load balance |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in runs:
+        out.append(
+            f"| {r['size']} | {r['mode']} | {r['system']} | {r['tokens']:,} | {r['valid_loss']:.4f} | {r['ppl']:.1f} "
+            f"| {r['final_loss']:.4f} | {_hours(r['train_seconds'])} | {r['peak_mem_gb']:.2f} GB "
+            f"| {r['tokens_per_s']:,.0f} | {_f(r['mfu'], '{:.1%}')} | {_cost(r)} | {_f(r['skip_rate'], '{:.1%}')} "
+            f"| {_f(r['flops_reduction'], '{:.1%}')} | {_f(r['expert_utilisation'], '{:.1%}')} "
+            f"| {_f(r['load_balance'], '{:.3f}')} |")
+    return "\n".join(out)
+
+
+def ratio_table(ratios: list[dict], tolerance: float) -> str:
+    out = ["| size | mode | baseline | Lumina tokens/s | baseline tokens/s | ratio | goal | goal met "
+           "| Lumina held-out loss | baseline held-out loss | difference | no worse (within "
+           f"{tolerance:g}) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in ratios:
+        met = "-" if r["goal_met"] is None else ("yes" if r["goal_met"] else "**no**")
+        out.append(f"| {r['size']} | {r['mode']} | {r['baseline']} | {r['lumina_tokens_per_s']:,.0f} "
+                   f"| {r['baseline_tokens_per_s']:,.0f} | {r['ratio']:.2f}x | {_f(r['goal'], '{:.1f}x')} | {met} "
+                   f"| {r['lumina_valid_loss']:.4f} | {r['baseline_valid_loss']:.4f} | {r['loss_difference']:+.4f} "
+                   f"| {'yes' if r['loss_no_worse'] else '**no**'} |")
+    return "\n".join(out)
+
+
+def projected_table(rows: list[dict]) -> str:
+    out = ["| size | mode | hardware | layout | params (active) | tokens/s | MFU (assumed) | memory / GPU "
+           "| tokens (20 x active) | time | cost | FLOPs reduction |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['size']} | {r['mode']} | {r['gpus']} x {r['gpu']} (projected) | {r['layout']} "
+                   f"| {r['params_total'] / 1e9:.2f}B ({r['params_active'] / 1e9:.2f}B) | {r['tokens_per_s']:,.0f} "
+                   f"| {r['mfu']:.1%} | {r['memory_gib']:.1f} GiB | {r['tokens']:.3g} | {r['hours']:,.1f} h "
+                   f"| ${r['cost_usd']:,.0f} | {r['flops_reduction']:.1%} |")
+    return "\n".join(out)
+
+
+def gpu_section(rows: list[dict] | None) -> list[str]:
+    head = ["## GPU (`tests/gpu/bench.sh`)", "",
+            "Dense, MoE, MoD and hybrid at b1 width with 4 of its 16 layers, BF16, micro-batch 8 x 2,048 "
+            "tokens, on the embedded corpus (2,048-token vocabulary), through Lumina's trainer: tokens/s, "
+            "MFU against the datasheet BF16 peak, and CUDA max allocated.", ""]
+    if not rows:
+        return head + ["Not run yet: no GPU has been available to this project so far. The first run's "
+                       "`gpu_bench.json` goes in with `lumina bench --add-gpu gpu_bench.json`.", ""]
+    out = ["| mode | GPU | layers | tokens/s | MFU | peak memory | final loss |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    out += [f"| {r['mode']} | {r['gpu']} | {r['layers']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} "
+            f"| {r['peak_mem_gb']:.1f} GB | {r['final_loss']:.3f} |" for r in rows]
+    return head + out + [""]
+
+
+def _pair(r: dict) -> str:
+    return f"{r['size']} {r['mode']} vs {r['baseline']}"
+
+
+def verdicts(results: dict) -> list[str]:
+    """What the run shows, computed from it: goals met or not, losses, and what did not run."""
+    out = []
+    goals = [r for r in results["ratios"] if r["goal"] is not None]
+    missed = [f"{_pair(r)} at {r['ratio']:.2f}x" for r in goals if not r["goal_met"]]
+    if goals:
+        out.append(f"- Speed goals met: {len(goals) - len(missed)} of {len(goals)}"
+                   + (f" (missed: {', '.join(missed)})" if missed else "") + ".")
+    worse = [f"{_pair(r)} by {r['loss_difference']:+.4f}" for r in results["ratios"] if not r["loss_no_worse"]]
+    out.append(f"- Held-out loss no worse than the baseline's (within {results['loss_tolerance']:g}): "
+               f"{len(results['ratios']) - len(worse)} of {len(results['ratios'])} comparisons"
+               + (f"; worse: {', '.join(worse)}" if worse else "") + ".")
+    all_modes = ("dense", "moe", "mod", "hybrid")
+    skipped = [f"{s['preset']} {m}" for s in results["spec"]["sizes"] for m in all_modes if m not in s["modes"]]
+    if skipped:
+        out.append(f"- Not run: {', '.join(skipped)}. Their FP32 weights, gradients and Adam states leave too "
+                   "little of this machine's memory for activations and the baselines "
+                   "(`lumina.bench.spec.default_spec`).")
+    return out
+
+
+def render(results: dict, plots_dir: str = "benchmarks") -> str:
+    m, spec = results["machine"], results["spec"]
+    budgets = "; ".join(f"{s['preset']}: {s['tokens']:,} tokens ({s['tokens'] // (s['micro_batch'] * s['seq'])} "
+                        f"iterations of {s['micro_batch']} x {s['seq']}), modes {', '.join(s['modes'])}"
+                        for s in spec["sizes"])
+    gpu = f"GPU {m['gpu']}" if m["gpu"] else "no GPU"
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `lumina bench` from the results file beside this page; do not edit. "
+        "`lumina bench --report-only` re-renders it; tests/bench checks that it matches. -->",
+        "",
+        f"Measured on {results['date']} with `{results['command']}`: {m['cpu']}, {m['cores']} cores "
+        f"({m['threads']} torch threads), {gpu}; Python {m['python']}, torch {m['torch']}, DeepSpeed "
+        f"{m['deepspeed']}, transformers {m['transformers']}. MFU is against {m['peak_tflops']:.3f} TFLOP/s "
+        f"({m['peak_source']}).",
+        "",
+        f"Token budgets{' (smoke run: too short to compare anything)' if spec['smoke'] else ''}: {budgets}. "
+        f"Seed {spec['seed']}, peak learning rate {spec['lr']:g}, the embedded corpus; every system trains on the "
+        "same batches in the same order.",
+        "",
+        "## Measured",
+        "",
+        "The original table's columns, plus MFU and the hardware. The loss is the held-out loss after the "
+        "budget; the final train loss is the mean of the last 10% of iterations. tokens/s counts iterations "
+        "2 to N (the first warms up) and leaves out evaluation and checkpointing; time is the sum of all "
+        "train steps. Peak memory is the process's peak resident set on CPU (Python and libraries included) "
+        "or CUDA max allocated on a GPU. The benchmark table priced GPUs only, so a CPU run has no cost.",
+        "",
+        f"Hardware: {results['runs'][0]['hardware'] if results['runs'] else '-'}.",
+        "",
+        measured_table(results["runs"]),
+        "",
+        "## Lumina against the baselines",
+        "",
+        "Baselines train in the same run, on the same batches, schedule and optimizer settings: Hugging "
+        "Face `LlamaForCausalLM` (dense) and `MixtralForCausalLM` (moe) built at Lumina's shapes, and "
+        "`plain`, Lumina's model in a bare PyTorch loop without the DeepSpeed engine (nanoGPT-style). "
+        "Mixtral is dropless and has no router z-loss; Lumina's MoE drops tokens past a capacity factor "
+        "of 1.25 and adds a z-loss. The ratio is Lumina's tokens/s over the baseline's; the goals are the "
+        "benchmark issue's CPU goals. \"No worse\" means Lumina's held-out loss is at most the "
+        f"baseline's + {results['loss_tolerance']:g}.",
+        "",
+        ratio_table(results["ratios"], results["loss_tolerance"]),
+        "",
+        *verdicts(results),
+        "",
+        "## Projected (not measured)",
+        "",
+        "The sizes that do not train on this machine, from `lumina plan` on the benchmark table's "
+        "hardware: the smallest count of A100-80GB (1 to 48, then doubling) where a layout fits, and "
+        "the fastest layout there. tokens/s is the planner's projection at the MFU shown, which is an "
+        "assumption with its sources in `lumina/plan/hardware.py` (times pipeline bubble and recompute "
+        "efficiency), not a measurement. Loss, skip rate, expert utilisation and load balance need a run, "
+        "so they are not projected.",
+        "",
+        projected_table(results["projected"]),
+        "",
+        *gpu_section(results.get("gpu_bench")),
+        "## The original table's claims beside physics",
+        "",
+        "The figures of the benchmark table that inspired Lumina, as far as this repository holds them "
+        "(`lumina/plan/claims.py` lists each with its source), with the verdict of `lumina plan --check-claims`.",
+        "",
+        claims_table(results["claims"]),
+        "",
+        "## Plots",
+        "",
+    ]
+    for name, title in PLOTS:
+        lines += [f"### {title}", "", f"![{title}]({plots_dir}/{name})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""Run every benchmark case, each in a fresh process, and assemble the results file.
+
+Lumina runs through `python -m lumina.pretrain` (the trainer users run, DeepSpeed engine, one
+process), logging every iteration; baselines through `python -m lumina.bench.baselines`. All get
+the same flags for the model, batch, schedule, seed and data, so they see the same tokens.
+
+tokens/s leaves out the first iteration (allocator and kernel warm-up) and the evaluation and
+checkpoint at the end: it is train tokens over the summed time of iterations 2..N, for every
+system alike. Peak memory is each process's peak resident set (CPU) or CUDA max allocated (GPU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+from lumina.bench.spec import BenchSpec, SizeRun
+
+SCHEMA_VERSION = 1
+# Goals from the benchmark issue: Lumina's tokens/s over the baseline's, on CPU.
+GOALS = {"hf-llama": 1.2, "hf-mixtral": 1.5}
+# A held-out loss within this of the baseline's counts as "no worse" (run-to-run noise at these
+# budgets is of this order; the difference itself is reported).
+LOSS_TOLERANCE = 0.02
+
+
+def trainer_args(spec: BenchSpec, size: SizeRun, mode: str, run_dir: str | None = None) -> list[str]:
+    args = ["--preset", size.preset, "--mode", mode, "--seq-length", str(size.seq),
+            "--micro-batch-size", str(size.micro_batch), "--global-batch-size", str(size.micro_batch),
+            "--train-iters", str(size.iters), "--lr", str(spec.lr), "--min-lr", str(spec.lr / 10),
+            "--lr-warmup-iters", str(max(1, size.iters // 10)), "--seed", str(spec.seed),
+            "--eval-interval", str(size.iters), "--eval-iters", str(size.eval_iters),
+            "--save-interval", str(10 ** 9), "--log-interval", "1", "--no-progress"]
+    if run_dir is not None:
+        args += ["--run-dir", run_dir, "--save", os.path.join(run_dir, "checkpoints")]
+    return args
+
+
+def _run(cmd: list[str], what: str, timeout: float) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"lumina bench: {what} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def run_lumina(spec: BenchSpec, size: SizeRun, mode: str, timeout: float) -> dict:
+    from lumina.accounting import account
+    from lumina.pretrain import build_parser
+    from lumina.train.loop import plan_layout
+
+    with tempfile.TemporaryDirectory(prefix="lumina-bench-") as run_dir:
+        _run([sys.executable, "-m", "lumina.pretrain", *trainer_args(spec, size, mode, run_dir)],
+             f"lumina {size.preset}/{mode}", timeout)
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+    train = [r for r in records if r.get("split") == "train" and not r.get("skipped")]
+    valid = [r for r in records if r.get("split") == "valid"]
+    tokens_per_iter = size.micro_batch * size.seq
+    curve, elapsed = [], 0.0
+    for r in train:
+        seconds = tokens_per_iter / r["tokens_per_s"]
+        elapsed += seconds
+        curve.append({"iteration": r["iteration"], "tokens": r["iteration"] * tokens_per_iter,
+                      "loss": r["loss"], "seconds": elapsed, "step_seconds": seconds})
+    last = train[-1]
+    _, cfg, _, _, _ = plan_layout(build_parser().parse_args(trainer_args(spec, size, mode)))
+    acc = account(cfg)
+    return {"system": "lumina", "params_total": acc.params_total, "params_active": acc.params_active,
+            "flops_per_token": acc.flops_per_token, "curve": curve,
+            "valid_loss": valid[-1]["loss"] if valid else None, "peak_mem_gb": summary["peak_mem_gb"],
+            "peak_tflops": last["tflops"] / last["mfu"] if last.get("mfu") else None,
+            "expert_load": last.get("moe_tokens_per_expert"),
+            "mod_skip_per_layer": last.get("mod_skip_fraction_per_layer"),
+            "skip_rate": summary.get("mod_skip_fraction"), "flops_reduction": summary.get("flops_reduction"),
+            "expert_utilisation": summary.get("moe_utilisation"), "load_balance": summary.get("moe_load_balance")}
+
+
+def run_baseline(spec: BenchSpec, size: SizeRun, mode: str, kind: str, timeout: float) -> dict:
+    job = {"kind": kind, "trainer_args": trainer_args(spec, size, mode)}
+    out = _run([sys.executable, "-m", "lumina.bench.baselines", json.dumps(job)],
+               f"baseline {kind} {size.preset}/{mode}", timeout)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def finish(run: dict, size: SizeRun, mode: str, peak_tflops: float | None, hardware: str) -> dict:
+    """Derived columns: tokens/s (iterations 2..N), MFU, final and held-out loss, perplexity."""
+    import math
+
+    curve = run["curve"]
+    timed = curve[1:]
+    tokens = sum(1 for _ in timed) * size.micro_batch * size.seq
+    seconds = sum(p["step_seconds"] for p in timed)
+    tail = curve[-max(1, len(curve) // 10):]
+    run.update({
+        "size": size.preset, "mode": mode, "tokens": curve[-1]["tokens"], "iters": len(curve),
+        "train_seconds": curve[-1]["seconds"], "tokens_per_s": tokens / seconds,
+        "final_loss": sum(p["loss"] for p in tail) / len(tail),
+        "ppl": math.exp(min(run["valid_loss"], 50.0)) if run.get("valid_loss") is not None else None,
+        "hardware": hardware,
+    })
+    run["mfu"] = (run["flops_per_token"] * run["tokens_per_s"] / (peak_tflops * 1e12)) if peak_tflops else None
+    for key in ("expert_load", "mod_skip_per_layer", "skip_rate", "flops_reduction", "expert_utilisation",
+                "load_balance", "peak_tflops"):
+        run.setdefault(key, None)
+    return run
+
+
+def ratios(runs: list[dict]) -> list[dict]:
+    """Lumina against each baseline of the same size and mode."""
+    out = []
+    for base in (r for r in runs if r["system"] != "lumina"):
+        ours = next((r for r in runs if r["system"] == "lumina" and r["size"] == base["size"]
+                     and r["mode"] == base["mode"]), None)
+        if ours is None:
+            continue
+        goal = GOALS.get(base["system"])
+        ratio = ours["tokens_per_s"] / base["tokens_per_s"]
+        diff = ours["valid_loss"] - base["valid_loss"]
+        out.append({"size": base["size"], "mode": base["mode"], "baseline": base["system"],
+                    "lumina_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
+                    "ratio": ratio, "goal": goal, "goal_met": (ratio >= goal) if goal else None,
+                    "lumina_valid_loss": ours["valid_loss"], "baseline_valid_loss": base["valid_loss"],
+                    "loss_difference": diff, "loss_no_worse": diff <= LOSS_TOLERANCE})
+    return out
+
+
+def projections(sizes: tuple[str, ...]) -> list[dict]:
+    """Planner rows for the sizes not measured: the table's hardware (smallest A100-80GB fit)."""
+    from lumina.accounting import account
+    from lumina.plan.generate import MODES, table_plan
+
+    rows = []
+    for size in sizes:
+        for mode in MODES:
+            plan = table_plan(size, mode)
+            acc = account(plan.cfg)
+            rows.append({"size": size, "mode": mode, "gpu": plan.gpu.name, "gpus": plan.gpus,
+                         "layout": f"TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp} ZeRO-{plan.zero}",
+                         "tokens_per_s": plan.tokens_per_s, "mfu": plan.mfu.mfu * plan.efficiency,
+                         "memory_gib": plan.memory.total / 2 ** 30, "tokens": plan.tokens, "hours": plan.hours,
+                         "cost_usd": plan.cost, "flops_reduction": 1.0 - acc.mod_flops_ratio,
+                         "params_total": acc.params_total, "params_active": acc.params_active})
+    return rows
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("deepspeed", "transformers"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # a missing optional package is recorded as such
+            versions[name] = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(), **versions}
+
+
+def hardware_label(m: dict) -> str:
+    return m["gpu"] or f"CPU: {m['cpu']}, {m['cores']} cores"
+
+
+def run(spec: BenchSpec, command: str, timeout: float = 3600.0, log=print) -> dict:
+    from lumina.plan.claims import CLAIMS, check
+    from lumina.train.hardware import peak_tflops
+
+    import torch
+
+    m = machine()
+    hardware = hardware_label(m)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak, peak_source = peak_tflops(device, None)
+    runs: list[dict] = []
+    for size in spec.sizes:
+        for mode in size.modes:
+            log(f"lumina bench: {size.preset}/{mode}: Lumina, {size.iters} iterations of {size.micro_batch} x {size.seq}")
+            runs.append(finish(run_lumina(spec, size, mode, timeout), size, mode, peak, hardware))
+            for kind in size.baselines:
+                if kind == "hf" and mode not in ("dense", "moe"):
+                    continue  # transformers has no MoD model
+                log(f"lumina bench: {size.preset}/{mode}: baseline {kind}")
+                runs.append(finish(run_baseline(spec, size, mode, kind, timeout), size, mode, peak, hardware))
+    return {
+        "schema": SCHEMA_VERSION,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "machine": {**m, "peak_tflops": peak, "peak_source": peak_source},
+        "spec": spec.to_dict(),
+        "runs": runs,
+        "ratios": ratios(runs),
+        "loss_tolerance": LOSS_TOLERANCE,
+        "projected": projections(spec.projected_sizes),
+        "claims": [check(c) for c in CLAIMS],
+    }

@@ -1,0 +1,71 @@
+"""What a benchmark run trains: typed, validated before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from lumina.presets import MODES, SIZES
+
+# The measured sizes of the table: the two that train on a CPU. The larger ones are projected.
+MEASURED_SIZES = ("debug", "debug_200m")
+
+
+@dataclass(frozen=True)
+class SizeRun:
+    """How one preset is trained in the benchmark: every mode and baseline sees the same batches."""
+    preset: str
+    tokens: int            # training tokens per run (the budget)
+    micro_batch: int
+    seq: int
+    modes: tuple[str, ...] = MODES
+    baselines: tuple[str, ...] = ("hf", "plain")   # hf: Llama for dense, Mixtral for moe
+    eval_iters: int = 4
+
+    def __post_init__(self) -> None:
+        if self.preset not in SIZES:
+            raise ValueError(f"bench preset {self.preset!r} is unknown: choose one of {', '.join(SIZES)}")
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ValueError(f"bench modes {bad} are unknown: choose from {', '.join(MODES)}")
+        bad = [b for b in self.baselines if b not in ("hf", "plain")]
+        if bad:
+            raise ValueError(f"bench baselines {bad} are unknown: choose from hf, plain")
+        for name in ("tokens", "micro_batch", "seq", "eval_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"bench {self.preset} {name}={getattr(self, name)} must be >= 1")
+        if self.iters < 3:
+            raise ValueError(f"bench {self.preset}: --tokens {self.tokens} is {self.iters} iteration(s) of "
+                             f"{self.micro_batch} x {self.seq} tokens; at least 3 are needed (the first, "
+                             f"a warm-up, is left out of tokens/s)")
+
+    @property
+    def iters(self) -> int:
+        return self.tokens // (self.micro_batch * self.seq)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    sizes: tuple[SizeRun, ...]
+    seed: int = 1234
+    lr: float = 3e-3
+    smoke: bool = False
+    projected_sizes: tuple[str, ...] = field(default=tuple(s for s in SIZES if s not in MEASURED_SIZES))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_spec(debug_tokens: int = 262_144, debug_200m_tokens: int = 4_096) -> BenchSpec:
+    """debug at its own batch (8 x 128) for 256K tokens; debug_200m at 1 x 256 for 4K tokens. The
+    debug_200m moe and hybrid models hold 1.2B parameters: 18 GiB of FP32 weights, gradients and
+    Adam states, more than a 24 GiB CPU machine can train with activations and the baselines
+    beside it, so at that size only dense and mod run (and HF Llama against dense)."""
+    return BenchSpec(sizes=(
+        SizeRun("debug", debug_tokens, 8, 128),
+        SizeRun("debug_200m", debug_200m_tokens, 1, 256, modes=("dense", "mod"), eval_iters=2),
+    ))
+
+
+def smoke_spec() -> BenchSpec:
+    """A few iterations of debug in every mode and baseline: every output file, in a minute."""
+    return BenchSpec(sizes=(SizeRun("debug", 4 * 2 * 64, 2, 64, eval_iters=1),), smoke=True)
