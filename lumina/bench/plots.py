@@ -63,14 +63,17 @@ def draw(results: dict, out_dir: str) -> list[str]:
     written.append(os.path.join(out_dir, "tokens_per_s.png"))
 
     moe = [r for r in runs if r["system"] == "lumina" and r["expert_load"]]
-    fig, axes = plt.subplots(1, max(1, len(moe)), figsize=(4.5 * max(1, len(moe)), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(moe)), figsize=(5.5 * max(1, len(moe)), 3.8), squeeze=False,
+                             layout="constrained")
     for ax, r in zip(axes[0], moe):
         load = [[n / max(sum(layer), 1) for n in layer] for layer in r["expert_load"]]
         image = ax.imshow(load, aspect="auto", cmap="viridis")
         ax.set_title(f"{r['size']} {r['mode']}", fontsize=9)
         ax.set_xlabel("expert")
         ax.set_ylabel("MoE layer")
-        fig.colorbar(image, ax=ax, fraction=0.046)
+        ax.set_xticks(range(len(load[0])))
+        ax.set_yticks(range(len(load)))
+        fig.colorbar(image, ax=ax, label="share of routed tokens")
     if not moe:
         axes[0][0].text(0.5, 0.5, "no MoE run in these results", ha="center", va="center")
     _save(fig, os.path.join(out_dir, "expert_load.png"))
@@ -83,6 +86,8 @@ def draw(results: dict, out_dir: str) -> list[str]:
     for i, r in enumerate(mod):
         layers = range(len(r["mod_skip_per_layer"]))
         ax.bar([x + i * width for x in layers], r["mod_skip_per_layer"], width=width, label=f"{r['size']} {r['mode']}")
+    if mod:
+        ax.set_xticks(range(max(len(r["mod_skip_per_layer"]) for r in mod)))
     ax.set_xlabel("layer")
     ax.set_ylabel("fraction of tokens skipped")
     if mod:

@@ -98,6 +98,13 @@ def verdicts(results: dict) -> list[str]:
     out.append(f"- Held-out loss no worse than the baseline's (within {results['loss_tolerance']:g}): "
                f"{len(results['ratios']) - len(worse)} of {len(results['ratios'])} comparisons"
                + (f"; worse: {', '.join(worse)}" if worse else "") + ".")
+    plain = [r for r in results["ratios"] if r["baseline"] == "plain"]
+    if plain:
+        noise = max(plain, key=lambda r: abs(r["loss_difference"]))
+        out.append(f"- Noise: Lumina's trainer and the plain loop train the same model on the same batches and "
+                   f"differ only in floating-point rounding (how the gradient norm is summed), yet their held-out "
+                   f"losses differ by up to {abs(noise['loss_difference']):.4f} ({noise['size']} {noise['mode']}): "
+                   "a loss difference smaller than that is not evidence either way.")
     all_modes = ("dense", "moe", "mod", "hybrid")
     skipped = [f"{s['preset']} {m}" for s in results["spec"]["sizes"] for m in all_modes if m not in s["modes"]]
     if skipped:
