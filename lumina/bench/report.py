@@ -28,12 +28,13 @@ def _cost(run: dict) -> str:
 
 
 def measured_table(runs: list[dict]) -> str:
-    out = ["| size | mode | system | tokens | held-out loss | ppl | final train loss | time | peak memory "
+    out = ["| size | mode | system | hardware | tokens | held-out loss | ppl | final train loss | time | peak memory "
            "| tokens/s | MFU | cost | skip rate | FLOPs reduction | expert utilisation | load balance |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
         out.append(
-            f"| {r['size']} | {r['mode']} | {r['system']} | {r['tokens']:,} | {r['valid_loss']:.4f} | {r['ppl']:.1f} "
+            f"| {r['size']} | {r['mode']} | {r['system']} | {r['hardware']} | {r['tokens']:,} | {r['valid_loss']:.4f} "
+            f"| {r['ppl']:.1f} "
             f"| {r['final_loss']:.4f} | {_hours(r['train_seconds'])} | {r['peak_mem_gb']:.2f} GB "
             f"| {r['tokens_per_s']:,.0f} | {_f(r['mfu'], '{:.1%}')} | {_cost(r)} | {_f(r['skip_rate'], '{:.1%}')} "
             f"| {_f(r['flops_reduction'], '{:.1%}')} | {_f(r['expert_utilisation'], '{:.1%}')} "
@@ -137,13 +138,11 @@ def render(results: dict, plots_dir: str = "benchmarks") -> str:
         "",
         "## Measured",
         "",
-        "The original table's columns, plus MFU and the hardware. The loss is the held-out loss after the "
+        "The original table's columns, plus the hardware and MFU. The loss is the held-out loss after the "
         "budget; the final train loss is the mean of the last 10% of iterations. tokens/s counts iterations "
         "2 to N (the first warms up) and leaves out evaluation and checkpointing; time is the sum of all "
         "train steps. Peak memory is the process's peak resident set on CPU (Python and libraries included) "
         "or CUDA max allocated on a GPU. The benchmark table priced GPUs only, so a CPU run has no cost.",
-        "",
-        f"Hardware: {results['runs'][0]['hardware'] if results['runs'] else '-'}.",
         "",
         measured_table(results["runs"]),
         "",
