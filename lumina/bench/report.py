@@ -71,8 +71,10 @@ def projected_table(rows: list[dict]) -> str:
 def gpu_section(rows: list[dict] | None) -> list[str]:
     head = ["## GPU (`tests/gpu/bench.sh`)", "",
             "Dense, MoE, MoD and hybrid at b1 width with 4 of its 16 layers, BF16, micro-batch 8 x 2,048 "
-            "tokens, on the embedded corpus (2,048-token vocabulary), through Lumina's trainer: tokens/s, "
-            "MFU against the datasheet BF16 peak, and CUDA max allocated.", ""]
+            "tokens, on the embedded corpus (2,048-token vocabulary), through Lumina's trainer: tokens/s and "
+            "MFU (against the datasheet BF16 peak) averaged over the logged windows after the first, which "
+            "holds the warm-up; peak memory is CUDA max allocated. A few tens of iterations from a fresh "
+            "model: the losses say the runs trained, not how well.", ""]
     if not rows:
         return head + ["Not run yet: no GPU has been available to this project so far. The first run's "
                        "`gpu_bench.json` goes in with `lumina bench --add-gpu gpu_bench.json`.", ""]
