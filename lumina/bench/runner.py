@@ -95,7 +95,7 @@ def finish(run: dict, size: SizeRun, mode: str, peak_tflops: float | None, hardw
 
     curve = run["curve"]
     timed = curve[1:]
-    tokens = sum(1 for _ in timed) * size.micro_batch * size.seq
+    tokens = len(timed) * size.micro_batch * size.seq
     seconds = sum(p["step_seconds"] for p in timed)
     tail = curve[-max(1, len(curve) // 10):]
     run.update({

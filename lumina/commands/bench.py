@@ -11,6 +11,7 @@ and write the results file, docs/benchmarks.md and the plots.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -53,7 +54,7 @@ def write_report(results: dict, out_dir: str, markdown: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from lumina.bench import results as results_io
-    from lumina.bench.spec import BenchSpec, default_spec, smoke_spec
+    from lumina.bench.spec import default_spec, smoke_spec
 
     out_dir, markdown = _paths(args)
     results_path = os.path.join(out_dir, "results.json")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             if unknown:
                 raise ValueError(f"--sizes {args.sizes!r}: {', '.join(unknown)} is not measured by the bench; "
                                  f"choose from {', '.join(x.preset for x in spec.sizes)}")
-            spec = BenchSpec(sizes=tuple(s for s in spec.sizes if s.preset in wanted), seed=spec.seed, lr=spec.lr)
+            spec = dataclasses.replace(spec, sizes=tuple(s for s in spec.sizes if s.preset in wanted))
         from lumina.bench.runner import run as run_bench
 
         command = "lumina bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \

@@ -128,7 +128,7 @@ def run_case(case: Case, timeout: float = 1800.0) -> dict:
 
 def add_speed_estimates(rows: list[dict]) -> list[dict]:
     """Estimated tokens/s per mode from the dense row of the same preset (see the module doc)."""
-    from lumina.plan.hardware import _MODE_FACTOR
+    from lumina.plan.hardware import mfu_for
 
     dense = {r["preset"]: r for r in rows if r["mode"] == "dense"}
     for r in rows:
@@ -136,7 +136,8 @@ def add_speed_estimates(rows: list[dict]) -> list[dict]:
         if anchor is None:
             r["estimated_tokens_per_s"] = None
             continue
-        factor = _MODE_FACTOR[r["mode"]][0]
+        # The planner's mode factor: its assumed MFU for the mode over dense (any GPU family).
+        factor = round(mfu_for("a100-80gb", r["mode"]).mfu / mfu_for("a100-80gb", "dense").mfu, 4)
         r["mode_factor"] = factor
         # MFU x peak / FLOPs with the dense MFU: the peak cancels (each child measures its own, noisily)
         r["estimated_tokens_per_s"] = anchor["tokens_per_s"] * anchor["flops_per_token"] * factor / r["flops_per_token"]
