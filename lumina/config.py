@@ -135,7 +135,12 @@ class ModelConfig:
     tie_embeddings: bool = False
     """Share the input embedding with the output projection."""
     init_std: float = 0.02
-    """Std of the normal init; output projections use init_std / sqrt(2 * num_layers)."""
+    """Std of the normal init of every weight matrix (see depth_scaled_init)."""
+    depth_scaled_init: bool = False
+    """Draw the projections that write into the residual stream (attention output, MLP and expert
+    down) with init_std / sqrt(2 * num_layers), as GPT-2 and Megatron-LM do, instead of init_std,
+    as Hugging Face's Llama does. Off by default: at debug size the flat init reached a lower
+    held-out loss (docs/model.md)."""
     moe: MoEConfig | None = None
     """MoE settings; None for a dense MLP."""
     mod: MoDConfig | None = None
@@ -162,6 +167,8 @@ class ModelConfig:
             _fail("norm_eps", self.norm_eps, "must be > 0")
         if not (self.init_std > 0):
             _fail("init_std", self.init_std, "must be > 0")
+        if not isinstance(self.depth_scaled_init, bool):
+            _fail("depth_scaled_init", self.depth_scaled_init, "must be True or False")
         if self.moe is not None and not isinstance(self.moe, MoEConfig):
             _fail("moe", self.moe, "must be a MoEConfig or None")
         if self.mod is not None:

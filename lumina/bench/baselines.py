@@ -8,7 +8,8 @@
 - `plain`: Lumina's own model in a bare PyTorch loop (no DeepSpeed engine), nanoGPT-style: what
   the trainer's machinery costs or saves.
 
-Both use torch's AdamW with Lumina's decay groups (matrices only), betas, epsilon, gradient
+Both use torch's fused AdamW, as Lumina's trainer does (and as the Hugging Face Trainer does by
+default, `adamw_torch_fused`), with Lumina's decay groups (matrices only), betas, epsilon, gradient
 clipping at 1.0 and learning-rate schedule (`lumina.train.optim.lr_at`), and read batches from
 Lumina's loader with the same seed, so every system sees the same tokens in the same order.
 """
@@ -88,7 +89,7 @@ def train(job: dict) -> dict:
             out = model(batch[:, :-1], labels=batch[:, 1:])
             return out.loss, out.loss + out.aux_loss
     optimizer = torch.optim.AdamW(_groups(model, args.weight_decay), lr=args.lr,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, fused=True)
     tokens_per_iter = res.micro_batch_size * cfg.seq_length
     curve, elapsed = [], 0.0
     model.train()
@@ -110,12 +111,28 @@ def train(job: dict) -> dict:
     model.eval()
     with torch.no_grad():
         valid = [float(loss_of(valid_loader.next_batch())[0]) for _ in range(args.eval_iters)]
+    peak_mem_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    parts = None
+    if job.get("breakdown"):
+        # After the record is complete: these extra steps change the weights, not the results.
+        from lumina.bench.breakdown import profile_step
+
+        model.train()
+        batches = iter([train_loader.next_batch() for _ in range(5)])
+
+        def step():
+            _, total = loss_of(next(batches))
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        parts = profile_step(step, steps=4, warmup=1)
     acc = account(cfg)
     return {"system": name, "params_total": params_total, "params_active": acc.params_active,
             "flops_per_token": acc.flops_per_token, "curve": curve,
-            "valid_loss": sum(valid) / len(valid),
-            "peak_mem_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30,
-            "threads": torch.get_num_threads()}
+            "valid_loss": sum(valid) / len(valid), "peak_mem_gb": peak_mem_gb,
+            "threads": torch.get_num_threads(), "breakdown": parts}
 
 
 def main(argv: list[str] | None = None) -> int:

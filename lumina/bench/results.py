@@ -1,7 +1,8 @@
 """The results file of `lumina bench`: its schema, checked on write and on read, and atomic I/O.
 
 The schema is a small typed description (no jsonschema dependency): each key maps to the types
-its value may have; a nested dict is a sub-schema; a one-element list is "a list of these".
+its value may have; a nested dict is a sub-schema; a one-element list is "a list of these";
+`Maybe(sub)` is None or a match of sub.
 """
 
 from __future__ import annotations
@@ -9,11 +10,22 @@ from __future__ import annotations
 import json
 import os
 
+from lumina.bench.breakdown import PARTS
+
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
 OPT_STR = (str, type(None))
 OPT_LIST = (list, type(None))
 
+
+class Maybe:
+    """None, or a value that matches `schema`."""
+
+    def __init__(self, schema):
+        self.schema = schema
+
+
+BREAKDOWN = {part: NUM for part in PARTS}
 POINT = {"iteration": int, "tokens": int, "loss": NUM, "seconds": NUM, "step_seconds": NUM}
 RUN = {
     "system": str, "size": str, "mode": str, "hardware": str,
@@ -23,12 +35,15 @@ RUN = {
     "skip_rate": OPT_NUM, "flops_reduction": OPT_NUM, "expert_utilisation": OPT_NUM, "load_balance": OPT_NUM,
     "expert_load": OPT_LIST, "mod_skip_per_layer": OPT_LIST,
     "curve": [POINT],
+    "breakdown": Maybe(BREAKDOWN),   # seconds per step by part (lumina.bench.breakdown)
 }
 RATIO = {
     "size": str, "mode": str, "baseline": str, "lumina_tokens_per_s": NUM, "baseline_tokens_per_s": NUM,
     "ratio": NUM, "goal": OPT_NUM, "goal_met": (bool, type(None)), "lumina_valid_loss": NUM,
     "baseline_valid_loss": NUM, "loss_difference": NUM, "loss_no_worse": bool,
+    "loss_differences": [NUM], "loss_difference_mean": NUM,
 }
+SEED_RUN = {"size": str, "mode": str, "system": str, "seed": int, "valid_loss": NUM}
 PROJECTED = {
     "size": str, "mode": str, "gpu": str, "gpus": int, "layout": str, "tokens_per_s": NUM, "mfu": NUM,
     "memory_gib": NUM, "tokens": NUM, "hours": NUM, "cost_usd": NUM, "flops_reduction": NUM,
@@ -45,13 +60,13 @@ MACHINE = {"cpu": str, "cores": int, "gpu": OPT_STR, "threads": int, "python": s
            "deepspeed": OPT_STR, "transformers": OPT_STR, "peak_tflops": NUM, "peak_source": str}
 SCHEMA = {
     "schema": int, "date": str, "command": str, "machine": MACHINE, "spec": dict,
-    "runs": [RUN], "ratios": [RATIO], "loss_tolerance": NUM, "projected": [PROJECTED], "claims": [CLAIM],
+    "runs": [RUN], "seed_runs": [SEED_RUN], "ratios": [RATIO], "loss_tolerance": NUM, "projected": [PROJECTED], "claims": [CLAIM],
 }
 
 
 # Keys a results file may have in addition: the GPU benchmark (tests/gpu/bench.sh), added with
-# `lumina bench --add-gpu gpu_bench.json` once a GPU run exists.
-OPTIONAL = {"gpu_bench": [GPU_ROW]}
+# `lumina bench --add-gpu gpu_bench.json [--gpu-commit REV]` once a GPU run exists.
+OPTIONAL = {"gpu_bench": [GPU_ROW], "gpu_bench_commit": str}
 
 
 def check(value, schema=SCHEMA, where: str = "results") -> None:
@@ -60,7 +75,10 @@ def check(value, schema=SCHEMA, where: str = "results") -> None:
         for key, sub in OPTIONAL.items():
             if key in value:
                 check(value[key], sub, f"{where}.{key}")
-    if isinstance(schema, dict):
+    if isinstance(schema, Maybe):
+        if value is not None:
+            check(value, schema.schema, where)
+    elif isinstance(schema, dict):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
         missing = [k for k in schema if k not in value]

@@ -11,6 +11,7 @@ system alike. Peak memory is each process's peak resident set (CPU) or CUDA max 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -21,12 +22,14 @@ import tempfile
 
 from lumina.bench.spec import BenchSpec, SizeRun
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Goals from the benchmark issue: Lumina's tokens/s over the baseline's, on CPU.
 GOALS = {"hf-llama": 1.2, "hf-mixtral": 1.5}
 # A held-out loss within this of the baseline's counts as "no worse" (run-to-run noise at these
 # budgets is of this order; the difference itself is reported).
 LOSS_TOLERANCE = 0.02
+# The modes transformers has a model of (Llama, Mixtral).
+HF_MODES = ("dense", "moe")
 
 
 def trainer_args(spec: BenchSpec, size: SizeRun, mode: str, run_dir: str | None = None) -> list[str]:
@@ -82,8 +85,9 @@ def run_lumina(spec: BenchSpec, size: SizeRun, mode: str, timeout: float) -> dic
             "expert_utilisation": summary.get("moe_utilisation"), "load_balance": summary.get("moe_load_balance")}
 
 
-def run_baseline(spec: BenchSpec, size: SizeRun, mode: str, kind: str, timeout: float) -> dict:
-    job = {"kind": kind, "trainer_args": trainer_args(spec, size, mode)}
+def run_baseline(spec: BenchSpec, size: SizeRun, mode: str, kind: str, timeout: float,
+                 breakdown: bool = False) -> dict:
+    job = {"kind": kind, "trainer_args": trainer_args(spec, size, mode), "breakdown": breakdown}
     out = _run([sys.executable, "-m", "lumina.bench.baselines", json.dumps(job)],
                f"baseline {kind} {size.preset}/{mode}", timeout)
     return json.loads(out.strip().splitlines()[-1])
@@ -107,13 +111,41 @@ def finish(run: dict, size: SizeRun, mode: str, peak_tflops: float | None, hardw
     })
     run["mfu"] = (run["flops_per_token"] * run["tokens_per_s"] / (peak_tflops * 1e12)) if peak_tflops else None
     for key in ("expert_load", "mod_skip_per_layer", "skip_rate", "flops_reduction", "expert_utilisation",
-                "load_balance", "peak_tflops"):
+                "load_balance", "peak_tflops", "breakdown"):
         run.setdefault(key, None)
     return run
 
 
-def ratios(runs: list[dict]) -> list[dict]:
-    """Lumina against each baseline of the same size and mode."""
+def seed_runs(spec: BenchSpec, size: SizeRun, mode: str, timeout: float, log=print) -> list[dict]:
+    """Held-out losses of Lumina's model (plain loop) and the HF model at each extra seed."""
+    out = []
+    for seed in size.loss_seeds:
+        alone = dataclasses.replace(size, loss_seeds=())
+        at_seed = dataclasses.replace(spec, seed=seed, sizes=(alone,))
+        for kind in ("plain", "hf"):
+            log(f"lumina bench: {size.preset}/{mode}: {kind} at seed {seed} (held-out loss only)")
+            run = run_baseline(at_seed, alone, mode, kind, timeout)
+            out.append({"size": size.preset, "mode": mode, "system": run["system"], "seed": seed,
+                        "valid_loss": run["valid_loss"]})
+    return out
+
+
+def _paired_differences(ours: dict, base: dict, seeds: list[dict]) -> list[float]:
+    """Lumina minus baseline held-out loss: at the main seed (the trainer), then at each extra
+    seed (Lumina's model in the plain loop against the baseline at the same seed)."""
+    diffs = [ours["valid_loss"] - base["valid_loss"]]
+    if base["system"] == "plain":  # the extra seeds pair Lumina's model with the HF one only
+        return diffs
+    mine = {s["seed"]: s["valid_loss"] for s in seeds if s["size"] == base["size"] and s["mode"] == base["mode"]
+            and s["system"] == "plain"}
+    theirs = {s["seed"]: s["valid_loss"] for s in seeds if s["size"] == base["size"] and s["mode"] == base["mode"]
+              and s["system"] == base["system"]}
+    return diffs + [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
+
+
+def ratios(runs: list[dict], seeds: list[dict] | None = None) -> list[dict]:
+    """Lumina against each baseline of the same size and mode. The loss verdict is on the mean
+    paired difference over the seeds the baseline ran at (one, unless loss_seeds add more)."""
     out = []
     for base in (r for r in runs if r["system"] != "lumina"):
         ours = next((r for r in runs if r["system"] == "lumina" and r["size"] == base["size"]
@@ -122,12 +154,14 @@ def ratios(runs: list[dict]) -> list[dict]:
             continue
         goal = GOALS.get(base["system"])
         ratio = ours["tokens_per_s"] / base["tokens_per_s"]
-        diff = ours["valid_loss"] - base["valid_loss"]
+        diffs = _paired_differences(ours, base, seeds or [])
+        mean = sum(diffs) / len(diffs)
         out.append({"size": base["size"], "mode": base["mode"], "baseline": base["system"],
                     "lumina_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
                     "ratio": ratio, "goal": goal, "goal_met": (ratio >= goal) if goal else None,
                     "lumina_valid_loss": ours["valid_loss"], "baseline_valid_loss": base["valid_loss"],
-                    "loss_difference": diff, "loss_no_worse": diff <= LOSS_TOLERANCE})
+                    "loss_difference": diffs[0], "loss_differences": diffs, "loss_difference_mean": mean,
+                    "loss_no_worse": mean <= LOSS_TOLERANCE})
     return out
 
 
@@ -184,15 +218,22 @@ def run(spec: BenchSpec, command: str, timeout: float = 3600.0, log=print) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak, peak_source = peak_tflops(device, None)
     runs: list[dict] = []
+    seeds: list[dict] = []
     for size in spec.sizes:
         for mode in size.modes:
             log(f"lumina bench: {size.preset}/{mode}: Lumina, {size.iters} iterations of {size.micro_batch} x {size.seq}")
             runs.append(finish(run_lumina(spec, size, mode, timeout), size, mode, peak, hardware))
+            # Where a goal compares Lumina's model (run by `plain`) with Hugging Face's: profile
+            # where the step's time goes, and repeat both at the extra loss seeds.
+            against_hf = mode in HF_MODES and "hf" in size.baselines
             for kind in size.baselines:
-                if kind == "hf" and mode not in ("dense", "moe"):
+                if kind == "hf" and mode not in HF_MODES:
                     continue  # transformers has no MoD model
                 log(f"lumina bench: {size.preset}/{mode}: baseline {kind}")
-                runs.append(finish(run_baseline(spec, size, mode, kind, timeout), size, mode, peak, hardware))
+                runs.append(finish(run_baseline(spec, size, mode, kind, timeout, breakdown=against_hf),
+                                   size, mode, peak, hardware))
+            if against_hf and "plain" in size.baselines:
+                seeds += seed_runs(spec, size, mode, timeout, log)
     return {
         "schema": SCHEMA_VERSION,
         "date": datetime.date.today().isoformat(),
@@ -200,7 +241,8 @@ def run(spec: BenchSpec, command: str, timeout: float = 3600.0, log=print) -> di
         "machine": {**m, "peak_tflops": peak, "peak_source": peak_source},
         "spec": spec.to_dict(),
         "runs": runs,
-        "ratios": ratios(runs),
+        "seed_runs": seeds,
+        "ratios": ratios(runs, seeds),
         "loss_tolerance": LOSS_TOLERANCE,
         "projected": projections(spec.projected_sizes),
         "claims": [check(c) for c in CLAIMS],

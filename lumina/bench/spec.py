@@ -20,6 +20,10 @@ class SizeRun:
     modes: tuple[str, ...] = MODES
     baselines: tuple[str, ...] = ("hf", "plain")   # hf: Llama for dense, Mixtral for moe
     eval_iters: int = 4
+    # Extra seeds (init and data order) at which Lumina's model (in the plain loop) and the HF
+    # model train again, for the held-out loss comparison only: one seed's difference is mostly
+    # the draw at these budgets.
+    loss_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.preset not in SIZES:
@@ -30,6 +34,8 @@ class SizeRun:
         bad = [b for b in self.baselines if b not in ("hf", "plain")]
         if bad:
             raise ValueError(f"bench baselines {bad} are unknown: choose from hf, plain")
+        if len(set(self.loss_seeds)) != len(self.loss_seeds) or not all(isinstance(s, int) for s in self.loss_seeds):
+            raise ValueError(f"bench {self.preset} loss_seeds={self.loss_seeds} must be distinct integers")
         for name in ("tokens", "micro_batch", "seq", "eval_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"bench {self.preset} {name}={getattr(self, name)} must be >= 1")
@@ -51,6 +57,11 @@ class BenchSpec:
     smoke: bool = False
     projected_sizes: tuple[str, ...] = field(default=tuple(s for s in SIZES if s not in MEASURED_SIZES))
 
+    def __post_init__(self) -> None:
+        for size in self.sizes:
+            if self.seed in size.loss_seeds:
+                raise ValueError(f"bench {size.preset} loss_seeds={size.loss_seeds} repeat the main seed {self.seed}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -61,11 +72,11 @@ def default_spec(debug_tokens: int = 262_144, debug_200m_tokens: int = 4_096) ->
     Adam states, more than a 24 GiB CPU machine can train with activations and the baselines
     beside it, so at that size only dense and mod run (and HF Llama against dense)."""
     return BenchSpec(sizes=(
-        SizeRun("debug", debug_tokens, 8, 128),
-        SizeRun("debug_200m", debug_200m_tokens, 1, 256, modes=("dense", "mod"), eval_iters=2),
+        SizeRun("debug", debug_tokens, 8, 128, loss_seeds=(1, 2)),
+        SizeRun("debug_200m", debug_200m_tokens, 1, 256, modes=("dense", "mod"), eval_iters=2, loss_seeds=(1, 2)),
     ))
 
 
 def smoke_spec() -> BenchSpec:
     """A few iterations of debug in every mode and baseline: every output file, in a minute."""
-    return BenchSpec(sizes=(SizeRun("debug", 4 * 2 * 64, 2, 64, eval_iters=1),), smoke=True)
+    return BenchSpec(sizes=(SizeRun("debug", 4 * 2 * 64, 2, 64, eval_iters=1, loss_seeds=(1,)),), smoke=True)

@@ -6,6 +6,7 @@ and write the results file, docs/benchmarks.md and the plots.
     lumina bench --smoke                      # seconds of debug: every output, under runs/bench-smoke
     lumina bench --report-only                # re-render the page and plots from the results file
     lumina bench --add-gpu gpu_bench.json     # add tests/gpu/bench.sh's results, re-render
+    lumina bench --add-gpu gpu_bench.json --gpu-commit 93b66ce   # ... measured on that commit's code
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one training run may take")
     parser.add_argument("--add-gpu", default=None, metavar="GPU_BENCH_JSON",
                         help="merge tests/gpu/bench.sh's gpu_bench.json into <out-dir>/results.json and re-render")
+    parser.add_argument("--gpu-commit", default=None, metavar="REV",
+                        help="with --add-gpu: the commit whose code the GPU run measured (shown beside its rows)")
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, str]:
@@ -58,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir, markdown = _paths(args)
     results_path = os.path.join(out_dir, "results.json")
+    if args.gpu_commit and not args.add_gpu:
+        raise ValueError(f"--gpu-commit {args.gpu_commit!r} describes the rows of --add-gpu; give both")
     if args.report_only or args.add_gpu:
         results = results_io.load(results_path)
         if args.add_gpu:
@@ -65,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
             with open(args.add_gpu) as f:
                 results["gpu_bench"] = json.load(f)
+            results.pop("gpu_bench_commit", None)
+            if args.gpu_commit:
+                results["gpu_bench_commit"] = args.gpu_commit
             results_io.save(results, results_path)  # checked against the schema first
     else:
         if args.smoke:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumina.config import ModelConfig
-from lumina.model.layers import LayerFactory, apply_rope, scaled_init_std
+from lumina.model.layers import LayerFactory, apply_rope, output_init_std
 
 
 class Attention(nn.Module):
@@ -26,7 +26,7 @@ class Attention(nn.Module):
         self.wq = layers.column(d, cfg.num_heads * hd, cfg.init_std)
         self.wk = layers.column(d, cfg.num_kv_heads * hd, cfg.init_std)
         self.wv = layers.column(d, cfg.num_kv_heads * hd, cfg.init_std)
-        self.wo = layers.row(cfg.num_heads * hd, d, scaled_init_std(cfg.init_std, cfg.num_layers))
+        self.wo = layers.row(cfg.num_heads * hd, d, output_init_std(cfg))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, D); T may be a MoD-selected subset in position order

@@ -67,9 +67,10 @@ def _linear(in_features: int, out_features: int, init_std: float) -> nn.Linear:
     return layer
 
 
-def scaled_init_std(init_std: float, num_layers: int) -> float:
-    """Depth-scaled std for projections that write into the residual stream (GPT-2, Megatron)."""
-    return init_std / math.sqrt(2.0 * num_layers)
+def output_init_std(cfg) -> float:
+    """Std for the projections that write into the residual stream: init_std, or with
+    cfg.depth_scaled_init the GPT-2 / Megatron-LM depth scaling init_std / sqrt(2 * num_layers)."""
+    return cfg.init_std / math.sqrt(2.0 * cfg.num_layers) if cfg.depth_scaled_init else cfg.init_std
 
 
 class RMSNorm(nn.Module):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumina.config import ModelConfig
-from lumina.model.layers import LayerFactory, scaled_init_std
+from lumina.model.layers import LayerFactory, output_init_std
 
 
 class SwiGLU(nn.Module):
@@ -18,7 +18,7 @@ class SwiGLU(nn.Module):
             raise ValueError(f"tensor parallel size {layers.tp_size} must divide ffn_hidden_size={f}")
         self.w_gate = layers.column(d, f, cfg.init_std)
         self.w_up = layers.column(d, f, cfg.init_std)
-        self.w_down = layers.row(f, d, scaled_init_std(cfg.init_std, cfg.num_layers))
+        self.w_down = layers.row(f, d, output_init_std(cfg))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))

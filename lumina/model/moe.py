@@ -8,7 +8,7 @@ from torch import nn
 
 from lumina.config import ModelConfig
 from lumina.model.init import mark
-from lumina.model.layers import LayerFactory, scaled_init_std
+from lumina.model.layers import LayerFactory, output_init_std
 from lumina.ops import routing
 
 
@@ -71,7 +71,7 @@ class MoE(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(local, d, f))
         self.w_up = nn.Parameter(torch.empty(local, d, f))
         self.w_down = nn.Parameter(torch.empty(local, f, d))
-        std, out_std = cfg.init_std, scaled_init_std(cfg.init_std, cfg.num_layers)
+        std, out_std = cfg.init_std, output_init_std(cfg)
         nn.init.normal_(self.router.weight, mean=0.0, std=std)
         mark(self.router.weight, std)
         # Expert tensor parallel: each expert's FFN width is split like the dense MLP's

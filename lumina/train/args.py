@@ -28,6 +28,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-length", type=int, default=None, help="tokens per sample (default: the preset's)")
     g.add_argument("--num-layers", type=int, default=None,
                    help="transformer layers (default: the preset's); e.g. a short b1 for a quick GPU benchmark")
+    g.add_argument("--depth-scaled-init", action="store_const", const=True, default=None,
+                   help="init the residual-stream output projections at std / sqrt(2 * layers) (GPT-2, Megatron)")
     g.add_argument("--num-experts", type=int, default=None, help="MoE experts (moe/hybrid only)")
     g.add_argument("--moe-router-topk", type=int, default=None, help="experts per token")
     g.add_argument("--moe-capacity-factor", type=float, default=None, help="training capacity factor")
@@ -119,6 +121,8 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         changes["seq_length"] = args.seq_length
     if getattr(args, "num_layers", None) is not None:
         changes["num_layers"] = args.num_layers
+    if getattr(args, "depth_scaled_init", None):
+        changes["depth_scaled_init"] = True
     if cfg.moe is not None:
         moe = {k: v for k, v in {
             "num_experts": args.num_experts, "top_k": args.moe_router_topk,

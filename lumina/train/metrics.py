@@ -72,7 +72,7 @@ class MetricsLogger:
 
 _CONSOLE_KEYS = (("loss", "loss {:.4f}"), ("ppl", "ppl {:.2f}"), ("lr", "lr {:.2e}"),
                  ("grad_norm", "gnorm {:.3f}"), ("tokens_per_s", "{:.0f} tok/s"),
-                 ("tflops", "{:.3f} TFLOP/s"), ("mfu", "MFU {:.1%}"), ("peak_mem_gb", "mem {:.2f} GB"),
+                 ("tflops", "{:.3f} TFLOP/s"), ("mfu", "MFU {:.1%}"), ("peak_mem_gb", "mem {:.2f} GiB"),
                  ("moe_dropped_fraction", "drop {:.3f}"), ("moe_load_balance", "bal {:.3f}"),
                  ("mod_skip_fraction", "skip {:.3f}"), ("mod_predictor_accuracy", "pred acc {:.3f}"),
                  ("mod_flops_ratio", "FLOPs x{:.3f}"))
@@ -87,7 +87,7 @@ def format_record(record: dict) -> str:
 
 
 SUMMARY_COLUMNS = (("final loss", "final_loss", "{:.4f}"), ("ppl", "final_ppl", "{:.2f}"),
-                   ("time", "train_time_s", "{:.1f} s"), ("peak memory", "peak_mem_gb", "{:.2f} GB"),
+                   ("time", "train_time_s", "{:.1f} s"), ("peak memory", "peak_mem_gb", "{:.2f} GiB"),
                    ("tokens/s", "tokens_per_s", "{:.0f}"), ("MFU", "mfu", "{:.2%}"),
                    ("skip rate", "mod_skip_fraction", "{:.1%}"),
                    ("FLOPs reduction", "flops_reduction", "{:.1%}"),

@@ -4,8 +4,9 @@
 # H200 (each mode is cut off at 120 s): tokens/s, MFU (against the datasheet BF16 peak) and peak memory (CUDA max
 # allocated) per mode, from Lumina's own trainer in BF16 on the embedded corpus (its tokenizer
 # has a 2,048-token vocabulary, not b1's 32,000: the LM head is smaller than b1's).
-# Writes $OUT_DIR/gpu_bench.json and gpu_bench.md; `lumina bench --add-gpu $OUT_DIR/gpu_bench.json`
-# puts them in docs/benchmarks/results.json and re-renders docs/benchmarks.md.
+# Writes $OUT_DIR/gpu_bench.json and gpu_bench.md; `lumina bench --add-gpu $OUT_DIR/gpu_bench.json
+# --gpu-commit <the commit it printed>` puts them in docs/benchmarks/results.json and re-renders
+# docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -41,7 +42,8 @@ with open(os.path.join(out, "gpu_bench.json"), "w") as f:
     json.dump(rows, f, indent=1)
 lines = ["| mode | GPU | layers | tokens/s | MFU | peak memory | final loss |", "| --- | --- | --- | --- | --- | --- | --- |"]
 lines += [f"| {r['mode']} | {r['gpu']} | {r['layers']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | "
-          f"{r['peak_mem_gb']:.1f} GB | {r['final_loss']:.3f} |" for r in rows]
+          f"{r['peak_mem_gb']:.1f} GiB | {r['final_loss']:.3f} |" for r in rows]
 open(os.path.join(out, "gpu_bench.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PYEOF
+echo "measured the code of commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' plus uncommitted changes')"

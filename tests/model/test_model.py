@@ -97,3 +97,27 @@ def test_debug_model_overfits_one_batch(mode):
         (out.loss + out.aux_loss).backward()
         opt.step()
     assert out.loss.item() < 0.05, f"{mode}: loss {out.loss.item():.3f} after 120 steps"
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_output_projections_are_flat_unless_depth_scaled(scaled):
+    """Default: every matrix at init_std (HF Llama); depth_scaled_init: attention out, MLP and
+    expert down at init_std / sqrt(2 * num_layers) (GPT-2, Megatron-LM)."""
+    cfg = get_preset("debug", "hybrid").replace(depth_scaled_init=scaled, num_layers=8)
+    model = LuminaLM(cfg, init_seed=0)
+    out_std = cfg.init_std / 4.0 if scaled else cfg.init_std  # sqrt(2 * 8) = 4
+    block = model.blocks[0]
+    for w in (block.attn.wo.weight, block.mlp.w_down):
+        assert w.std().item() == pytest.approx(out_std, rel=0.05)
+    for w in (block.attn.wq.weight, block.mlp.w_gate):
+        assert w.std().item() == pytest.approx(cfg.init_std, rel=0.05)
+
+
+def test_depth_scaled_init_flag_and_bad_value():
+    from lumina.pretrain import build_parser
+    from lumina.train.args import model_config
+
+    assert model_config(build_parser().parse_args(["--preset", "debug"])).depth_scaled_init is False
+    assert model_config(build_parser().parse_args(["--preset", "debug", "--depth-scaled-init"])).depth_scaled_init
+    with pytest.raises(ValueError, match="depth_scaled_init"):
+        get_preset("debug").replace(depth_scaled_init="yes")
