@@ -92,6 +92,16 @@ def train(job: dict) -> dict:
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, fused=True)
     tokens_per_iter = res.micro_batch_size * cfg.seq_length
     curve, elapsed = [], 0.0
+
+    def step(batch):
+        """One training step; the LM loss, for the curve."""
+        lm, total = loss_of(batch)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return lm
+
     model.train()
     for it in range(args.train_iters):
         lr = lr_at(it, args.lr, args.min_lr, args.lr_warmup_iters, args.train_iters)
@@ -99,11 +109,7 @@ def train(job: dict) -> dict:
             group["lr"] = lr
         batch = train_loader.next_batch()
         start = time.perf_counter()
-        lm, total = loss_of(batch)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        lm = step(batch)
         seconds = time.perf_counter() - start
         elapsed += seconds
         curve.append({"iteration": it + 1, "tokens": (it + 1) * tokens_per_iter, "loss": float(lm),
@@ -119,15 +125,7 @@ def train(job: dict) -> dict:
 
         model.train()
         batches = iter([train_loader.next_batch() for _ in range(5)])
-
-        def step():
-            _, total = loss_of(next(batches))
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        parts = profile_step(step, steps=4, warmup=1)
+        parts = profile_step(lambda: step(next(batches)), steps=4, warmup=1)
     acc = account(cfg)
     return {"system": name, "params_total": params_total, "params_active": acc.params_active,
             "flops_per_token": acc.flops_per_token, "curve": curve,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lumina.config import ModelConfig
 from lumina.model.init import mark
 
 
@@ -67,7 +68,7 @@ def _linear(in_features: int, out_features: int, init_std: float) -> nn.Linear:
     return layer
 
 
-def output_init_std(cfg) -> float:
+def output_init_std(cfg: ModelConfig) -> float:
     """Std for the projections that write into the residual stream: init_std, or with
     cfg.depth_scaled_init the GPT-2 / Megatron-LM depth scaling init_std / sqrt(2 * num_layers)."""
     return cfg.init_std / math.sqrt(2.0 * cfg.num_layers) if cfg.depth_scaled_init else cfg.init_std
