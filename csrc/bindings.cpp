@@ -2,6 +2,7 @@
 // torch.library custom ops (schemas, fake implementations, autograd) and calls these from them;
 // lumina/ops/backend.py decides which of them serve a tensor. The GIL is released while a kernel
 // runs.
+#include "fused.h"
 #include "routing.h"
 
 // The tensor and dtype casters alone; torch/extension.h would pull in the whole C++ frontend.
@@ -20,7 +21,7 @@ void def(py::module_& m, const char* name, F f, const char* doc) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "Lumina routing kernels (C++ CPU, and CUDA when built with it)";
+  m.doc() = "Lumina routing kernels (C++ CPU, and CUDA when built with it) and fused CPU kernels";
   m.attr("API_VERSION") = lumina::kApiVersion;
 #ifdef _OPENMP
   m.attr("OPENMP") = true;
@@ -40,6 +41,9 @@ PYBIND11_MODULE(_C, m) {
   def(m, "gather_tokens_cpu", &lumina::gather_tokens_cpu, "gather selected rows");
   def(m, "gather_tokens_backward_cpu", &lumina::gather_tokens_backward_cpu, "gradient of gather_tokens");
   def(m, "scatter_tokens_cpu", &lumina::scatter_tokens_cpu, "replace selected rows, out of place");
+  def(m, "rms_norm_forward_cpu", &lumina::rms_norm_forward_cpu, "RMSNorm and its per-row rstd");
+  def(m, "rms_norm_backward_cpu", &lumina::rms_norm_backward_cpu, "gradients of RMSNorm");
+  def(m, "rope_cpu", &lumina::rope_cpu, "rotate-half RoPE, or its transpose");
 
 #ifdef LUMINA_WITH_CUDA
   m.attr("HAS_CUDA") = true;

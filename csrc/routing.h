@@ -11,8 +11,9 @@
 
 namespace lumina {
 
-// Bumped when a signature below changes, so a stale build is refused instead of misused.
-constexpr int64_t kApiVersion = 1;
+// Bumped when a signature here or in fused.h changes or a kernel is added, so a stale build is
+// refused instead of misused (2: the fused CPU kernels).
+constexpr int64_t kApiVersion = 2;
 
 // (expert_index (S, k) int64, weights (S, k), slot (S, k) int64, probs (S, E)); capacity < 0 is
 // unlimited. weights and probs are fp32, or fp64 for fp64 logits.

@@ -15,6 +15,7 @@ from torch import nn
 
 from lumina.config import ModelConfig
 from lumina.model.init import mark
+from lumina.ops import fused
 
 
 class LayerFactory:
@@ -75,7 +76,7 @@ def output_init_std(cfg: ModelConfig) -> float:
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32."""
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 (one fused kernel on CPU)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -83,9 +84,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return fused.rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(seq_length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +97,4 @@ def rope_tables(seq_length: int, head_dim: int, theta: float, device=None) -> tu
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: (B, H, T, hd); cos/sin: (B or 1, T, hd), indexed by each token's true position."""
-    cos = cos.unsqueeze(1).to(x.dtype)
-    sin = sin.unsqueeze(1).to(x.dtype)
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return fused.apply_rope(x, cos, sin)

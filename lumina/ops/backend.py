@@ -1,4 +1,5 @@
-"""Which implementation serves a routing op: the compiled kernels of `lumina._C`, or the reference.
+"""Which implementation serves a routing op (or a fused CPU op of `lumina.ops.fused`): the compiled
+kernels of `lumina._C`, or the reference.
 
 A CPU tensor goes to the C++ kernels and a CUDA tensor to the CUDA kernels when the extension has
 them; anything else (no extension, a build without CUDA, another device, an unsupported dtype)
@@ -20,7 +21,7 @@ from types import ModuleType
 import torch
 
 # Must equal lumina::kApiVersion in csrc/routing.h; a stale build is refused, not misused.
-API_VERSION = 1
+API_VERSION = 2
 
 OPS = ("topk_route", "dispatch_plan", "permute", "unpermute", "expert_histogram", "mod_select",
        "gather_tokens", "scatter_tokens")
@@ -111,8 +112,9 @@ def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> C
         return None
     module = load_extension()
     if module is None:
-        _warn_once("extension", f"lumina._C is not available ({extension_error()}); routing ops run the "
-                   "PyTorch reference. Build the kernels with: pip install --no-build-isolation -e .")
+        _warn_once("extension", f"lumina._C is not available ({extension_error()}); routing ops and "
+                   "RMSNorm/RoPE run the PyTorch reference. Build the kernels with: "
+                   "pip install --no-build-isolation -e .")
         return None
     if device.type == "cuda" and not getattr(module, "HAS_CUDA", False):
         _warn_once("cuda", "lumina._C was built without CUDA kernels; routing ops on CUDA tensors run the "

@@ -1,0 +1,70 @@
+"""Fused CPU RMSNorm and RoPE against the PyTorch expressions they replace: forward+backward at a
+preset's shapes, both through autograd as the model calls them. Prints a table; run:
+
+    python bench/bench_fused.py [--preset debug] [--batch 8] [--iters 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lumina.model.layers import rope_tables
+from lumina.ops import backend, fused
+from lumina.presets import get_preset
+
+
+def time_calls(fn, grad: torch.Tensor, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn().backward(grad)
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="debug")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=9, help="interleaved rounds")
+    parser.add_argument("--calls", type=int, default=50, help="forward+backward calls per timing")
+    args = parser.parse_args()
+    if backend.load_extension() is None:
+        raise SystemExit(f"bench_fused: lumina._C is not built ({backend.extension_error()}); "
+                         "pip install --no-build-isolation -e . builds it")
+
+    cfg = get_preset(args.preset, "dense")
+    B, T, D, H, hd = args.batch, cfg.seq_length, cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    torch.manual_seed(0)
+    x = torch.randn(B, T, D, requires_grad=True)
+    w = torch.ones(D, requires_grad=True)
+    q = torch.randn(B, T, H, hd, requires_grad=True)
+    cos, sin = (t[None] for t in rope_tables(T, hd, cfg.rope_theta))
+    cases = {
+        f"RMSNorm ({B}, {T}, {D})": (torch.randn(B, T, D),
+                                     lambda: fused.rms_norm(x, w, cfg.norm_eps),
+                                     lambda: fused.rms_norm_reference(x, w, cfg.norm_eps)),
+        f"RoPE ({B}, {H}, {T}, {hd})": (torch.randn(B, H, T, hd),
+                                        lambda: fused.apply_rope(q.transpose(1, 2), cos, sin),
+                                        lambda: fused.rope_reference(q.transpose(1, 2), cos, sin)),
+    }
+    print(f"threads={torch.get_num_threads()} preset={args.preset} ({args.iters} interleaved rounds of "
+          f"{args.calls} forward+backward calls; median per-round speedup)")
+    print(f"{'op':<28} {'expression':>12} {'kernel':>10} {'speedup':>8}")
+    for name, (grad, kernel, expression) in cases.items():
+        for fn in (kernel, expression):  # warm-up
+            time_calls(fn, grad, 5)
+        # Interleaved, so a slow spell of the machine hits both; the median of per-round ratios.
+        ours, theirs = [], []
+        for _ in range(args.iters):
+            theirs.append(time_calls(expression, grad, args.calls))
+            ours.append(time_calls(kernel, grad, args.calls))
+        speedup = statistics.median(t / o for t, o in zip(theirs, ours))
+        print(f"{name:<28} {statistics.median(theirs) * 1e6:>9.0f} us {statistics.median(ours) * 1e6:>7.0f} us "
+              f"{speedup:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
