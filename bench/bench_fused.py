@@ -1,4 +1,4 @@
-"""Fused CPU RMSNorm and RoPE against the PyTorch expressions they replace: forward+backward at a
+"""Fused CPU RMSNorm, RoPE and SwiGLU against the PyTorch expressions they replace: forward+backward at a
 preset's shapes, both through autograd as the model calls them. Prints a table; run:
 
     python bench/bench_fused.py [--preset debug] [--batch 8] [--iters 9]
@@ -42,6 +42,8 @@ def main() -> None:
     w = torch.ones(D, requires_grad=True)
     q = torch.randn(B, T, H, hd, requires_grad=True)
     cos, sin = (t[None] for t in rope_tables(T, hd, cfg.rope_theta))
+    F = cfg.ffn_hidden_size
+    gate, up = torch.randn(B, T, F, requires_grad=True), torch.randn(B, T, F, requires_grad=True)
     cases = {
         f"RMSNorm ({B}, {T}, {D})": (torch.randn(B, T, D),
                                      lambda: fused.rms_norm(x, w, cfg.norm_eps),
@@ -49,6 +51,9 @@ def main() -> None:
         f"RoPE ({B}, {H}, {T}, {hd})": (torch.randn(B, H, T, hd),
                                         lambda: fused.apply_rope(q.transpose(1, 2), cos, sin),
                                         lambda: fused.rope_reference(q.transpose(1, 2), cos, sin)),
+        f"SwiGLU ({B}, {T}, {F})": (torch.randn(B, T, F),
+                                    lambda: fused.swiglu(gate, up),
+                                    lambda: fused.swiglu_reference(gate, up)),
     }
     print(f"threads={torch.get_num_threads()} preset={args.preset} ({args.iters} interleaved rounds of "
           f"{args.calls} forward+backward calls; median per-round speedup)")

@@ -44,6 +44,11 @@ PYBIND11_MODULE(_C, m) {
   def(m, "rms_norm_forward_cpu", &lumina::rms_norm_forward_cpu, "RMSNorm and its per-row rstd");
   def(m, "rms_norm_backward_cpu", &lumina::rms_norm_backward_cpu, "gradients of RMSNorm");
   def(m, "rope_cpu", &lumina::rope_cpu, "rotate-half RoPE, or its transpose");
+  def(m, "rms_norm_autograd_cpu", &lumina::rms_norm_autograd_cpu, "RMSNorm, differentiable");
+  def(m, "rope_autograd_cpu", &lumina::rope_autograd_cpu, "rotate-half RoPE, differentiable");
+  def(m, "swiglu_forward_cpu", &lumina::swiglu_forward_cpu, "silu(gate) * up, and sigmoid(gate)");
+  def(m, "swiglu_backward_cpu", &lumina::swiglu_backward_cpu, "gradients of silu(gate) * up");
+  def(m, "swiglu_autograd_cpu", &lumina::swiglu_autograd_cpu, "silu(gate) * up, differentiable");
 
 #ifdef LUMINA_WITH_CUDA
   m.attr("HAS_CUDA") = true;

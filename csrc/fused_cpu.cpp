@@ -12,7 +12,7 @@
 #include <ATen/record_function.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/sigmoid.h>
 
 #include <algorithm>
 #include <cmath>
@@ -96,8 +96,8 @@ std::vector<at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_y, const at
     // beyond the order of that final sum.
     const int64_t grain = grain_rows(D);
     const int64_t tasks = rows == 0 ? 0 : (rows + grain - 1) / grain;
-    at::Tensor partial = at::zeros({std::max<int64_t>(tasks, 1), D}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    acc_t* pp = partial.data_ptr<acc_t>();
+    std::vector<acc_t> partial(static_cast<size_t>(tasks * D), acc_t(0));
+    acc_t* pp = partial.data();
     at::parallel_for(0, tasks, 1, [&](int64_t t_begin, int64_t t_end) {
       for (int64_t t = t_begin; t < t_end; ++t) {
         acc_t* pw = pp + t * D;
@@ -108,23 +108,86 @@ std::vector<at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_y, const at
           const acc_t inv = rp[r];
           acc_t dot = 0;  // sum_i dy_i w_i x_i
 _Pragma("omp simd reduction(+ : dot)")
-          for (int64_t i = 0; i < D; ++i) {
-            const acc_t g = acc_t(gr[i]);
-            const acc_t xv = acc_t(xr[i]);
-            dot += g * acc_t(wp[i]) * xv;
-            pw[i] += g * xv * inv;
-          }
+          for (int64_t i = 0; i < D; ++i) dot += acc_t(gr[i]) * acc_t(wp[i]) * acc_t(xr[i]);
           // d/dx_i of x_i * inv * w_i: inv * (w_i dy_i - x_i * inv^2 * dot / D)
           const acc_t c = inv * inv * dot / acc_t(D);
           scalar_t* dr = dxp + r * D;
 _Pragma("omp simd")
-          for (int64_t i = 0; i < D; ++i) dr[i] = scalar_t(inv * (acc_t(gr[i]) * acc_t(wp[i]) - acc_t(xr[i]) * c));
+          for (int64_t i = 0; i < D; ++i) {
+            const acc_t g = acc_t(gr[i]);
+            const acc_t xv = acc_t(xr[i]);
+            dr[i] = scalar_t(inv * (g * acc_t(wp[i]) - xv * c));
+            pw[i] += g * xv * inv;
+          }
         }
       }
     });
-    dw = partial.sum(0).to(weight.scalar_type());
+    dw = at::empty({D}, weight.options());
+    scalar_t* dwp = dw.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < D; ++i) {
+      acc_t sum = 0;
+      for (int64_t t = 0; t < tasks; ++t) sum += pp[t * D + i];
+      dwp[i] = scalar_t(sum);
+    }
   });
   return {dx, dw};
+}
+
+std::vector<at::Tensor> swiglu_forward_cpu(const at::Tensor& gate_in, const at::Tensor& up_in) {
+  RECORD_FUNCTION("lumina::swiglu_forward", std::vector<c10::IValue>());
+  require_float(gate_in, "gate");
+  require_same(gate_in, "gate", up_in, "up");
+  const at::Tensor a = gate_in.contiguous();
+  const at::Tensor b = up_in.contiguous();
+  // torch's sigmoid is vectorised with its own exp; everything else is one pass here.
+  at::Tensor sig = at::sigmoid(a);
+  at::Tensor y = at::empty_like(a);
+  const int64_t n = a.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "swiglu_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    const scalar_t* sp = sig.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGrainElems, [&](int64_t begin, int64_t end) {
+_Pragma("omp simd")
+      for (int64_t i = begin; i < end; ++i) yp[i] = scalar_t(acc_t(ap[i]) * acc_t(sp[i]) * acc_t(bp[i]));
+    });
+  });
+  return {y, sig};
+}
+
+std::vector<at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_y, const at::Tensor& gate_in,
+                                            const at::Tensor& up_in, const at::Tensor& sig_in) {
+  RECORD_FUNCTION("lumina::swiglu_backward", std::vector<c10::IValue>());
+  require_same(gate_in, "gate", up_in, "up");
+  require_same(gate_in, "gate", grad_y, "grad_y");
+  require_same(gate_in, "gate", sig_in, "sigmoid(gate)");
+  const at::Tensor a = gate_in.contiguous();
+  const at::Tensor b = up_in.contiguous();
+  const at::Tensor s = sig_in.contiguous();
+  const at::Tensor dy = grad_y.contiguous();
+  at::Tensor da = at::empty_like(a);
+  at::Tensor db = at::empty_like(b);
+  const int64_t n = a.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "swiglu_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    const scalar_t* sp = s.data_ptr<scalar_t>();
+    const scalar_t* gp = dy.data_ptr<scalar_t>();
+    scalar_t* dap = da.data_ptr<scalar_t>();
+    scalar_t* dbp = db.data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGrainElems, [&](int64_t begin, int64_t end) {
+_Pragma("omp simd")
+      for (int64_t i = begin; i < end; ++i) {
+        const acc_t av = acc_t(ap[i]), sv = acc_t(sp[i]), g = acc_t(gp[i]);
+        dbp[i] = scalar_t(g * av * sv);                                                  // silu(a)
+        dap[i] = scalar_t(g * acc_t(bp[i]) * sv * (acc_t(1) + av * (acc_t(1) - sv)));  // silu'(a)
+      }
+    });
+  });
+  return {da, db};
 }
 
 at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos_in, const at::Tensor& sin_in, bool transpose) {

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lumina.config import ModelConfig
 from lumina.model.layers import LayerFactory, output_init_std
+from lumina.ops import fused
 
 
 class SwiGLU(nn.Module):
@@ -21,4 +21,4 @@ class SwiGLU(nn.Module):
         self.w_down = layers.row(f, d, output_init_std(cfg))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        return self.w_down(fused.swiglu(self.w_gate(x), self.w_up(x)))

@@ -9,7 +9,7 @@ from torch import nn
 from lumina.config import ModelConfig
 from lumina.model.init import mark
 from lumina.model.layers import LayerFactory, output_init_std
-from lumina.ops import routing
+from lumina.ops import fused, routing
 
 
 def switch_balance_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ class MoE(nn.Module):
             if chunk.shape[0] == 0:
                 continue
             e = i if local_ids is None else local_ids[i]
-            h = F.silu(chunk @ gate[e]) * (chunk @ up[e])
+            h = fused.swiglu(chunk @ gate[e], chunk @ up[e])
             outs.append(h @ down[e])
         # With no tokens, stay connected to the input: under expert parallel every rank must run
         # the backward all-to-all, which happens only if this output is part of the graph.

@@ -8,14 +8,14 @@ The PyTorch expressions below (`*_reference`) are the specification and what run
 torch's own kernels are cheap next to the matmuls), under `torch.compile` (Inductor fuses them
 itself), with LUMINA_ROUTING_BACKEND=reference, and when the extension is missing (one warning, from
 `lumina.ops.backend`). The kernels agree with them within the tolerances in tests/ops/test_fused.py.
-Double backward through the kernels is not supported (nothing in training needs it).
+Autograd for the kernels is C++ (csrc/fused_autograd.cpp), so their backward never enters Python;
+double backward through them is not supported (nothing in training needs it).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from lumina.ops import backend
 
@@ -29,7 +29,7 @@ def _cpu_kernels(*tensors: Tensor):
         return None
     if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors[1:]):
         return None
-    if backend.kernel("rms_norm_forward", first.device) is None:  # warns once when the build is missing
+    if backend.kernel("rms_norm_autograd", first.device) is None:  # warns once when the build is missing
         return None
     return backend.load_extension()
 
@@ -43,27 +43,25 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return (xf * weight.float()).to(x.dtype)
 
 
-class _RMSNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, eps: float, ext) -> Tensor:
-        y, rstd = ext.rms_norm_forward_cpu(x, weight, eps)
-        ctx.save_for_backward(x, weight, rstd)
-        ctx.ext = ext
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: Tensor):
-        x, weight, rstd = ctx.saved_tensors
-        grad_x, grad_w = ctx.ext.rms_norm_backward_cpu(grad_y, x, weight, rstd)
-        return grad_x, grad_w, None, None
-
-
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     ext = _cpu_kernels(x, weight)
     if ext is None or x.shape[-1] != weight.shape[0]:
         return rms_norm_reference(x, weight, eps)
-    return _RMSNorm.apply(x, weight, eps, ext)
+    return ext.rms_norm_autograd_cpu(x, weight, eps)
+
+
+# SwiGLU's gate (Shazeer 2020).
+
+def swiglu_reference(gate: Tensor, up: Tensor) -> Tensor:
+    return torch.nn.functional.silu(gate) * up
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """silu(gate) * up."""
+    ext = _cpu_kernels(gate, up)
+    if ext is None or gate.shape != up.shape:
+        return swiglu_reference(gate, up)
+    return ext.swiglu_autograd_cpu(gate, up)
 
 
 # Rotate-half RoPE (Su et al. 2021).
@@ -77,23 +75,9 @@ def rope_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-class _RoPE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, ext) -> Tensor:
-        ctx.save_for_backward(cos, sin)
-        ctx.ext = ext
-        return ext.rope_cpu(x, cos, sin, False)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: Tensor):
-        cos, sin = ctx.saved_tensors
-        return ctx.ext.rope_cpu(grad_y.contiguous(), cos, sin, True), None, None, None
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     ext = _cpu_kernels(x)
     if (ext is None or x.dim() != 4 or x.shape[-1] % 2 or x.stride(-1) != 1 or cos.dtype != torch.float32
             or sin.dtype != torch.float32 or cos.device.type != "cpu" or cos.requires_grad or sin.requires_grad):
         return rope_reference(x, cos, sin)
-    return _RoPE.apply(x, cos, sin, ext)
+    return ext.rope_autograd_cpu(x, cos, sin)

@@ -1,4 +1,4 @@
-"""Fused CPU RMSNorm and RoPE: the kernels agree with the PyTorch expressions they replace, in the
+"""Fused CPU RMSNorm, RoPE and SwiGLU: the kernels agree with the PyTorch expressions they replace, in the
 forward and the backward, for every layout the model feeds them; anything the kernels do not take
 runs the expression; a missing build falls back with the one routing warning."""
 
@@ -34,7 +34,7 @@ def test_rms_norm_matches_reference(ext, dtype, shape):
     g = torch.randn(shape).to(dtype)
     out, grads = _grads(lambda a, b: fused.rms_norm(a, b, 1e-5), (x, w), g)
     want, want_grads = _grads(lambda a, b: fused.rms_norm_reference(a, b, 1e-5), (x, w), g)
-    assert out.grad_fn is not None and "RMSNorm" in type(out.grad_fn).__name__  # the kernel ran
+    assert out.grad_fn is not None and "RMSNorm" in out.grad_fn.name()  # the kernel ran
     assert out.dtype == dtype and out.shape == x.shape
     # The expression normalises in fp32 even for fp64 input; the kernel keeps fp64.
     tol = torch.float32 if dtype == torch.float64 else dtype
@@ -48,6 +48,24 @@ def test_rms_norm_gradcheck(ext):
     x = torch.randn(4, 6, 10, dtype=torch.float64, requires_grad=True)
     w = torch.randn(10, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: fused.rms_norm(a, b, 1e-6), (x, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(8, 128, 320), (5, 3), (0, 4)])
+def test_swiglu_matches_reference(ext, dtype, shape):
+    torch.manual_seed(4)
+    gate = (torch.randn(shape) * 4).to(dtype).requires_grad_()
+    up = torch.randn(shape).to(dtype).requires_grad_()
+    g = torch.randn(shape).to(dtype)
+    out, grads = _grads(fused.swiglu, (gate, up), g)
+    want, want_grads = _grads(fused.swiglu_reference, (gate, up), g)
+    assert "SwiGLU" in out.grad_fn.name()
+    _close(out, want, dtype)
+    for got, exp in zip(grads, want_grads):
+        _close(got, exp, dtype)
+    if dtype == torch.float64:
+        small = [torch.randn(3, 5, dtype=dtype, requires_grad=True) for _ in range(2)]
+        assert torch.autograd.gradcheck(fused.swiglu, small)
 
 
 def _rope_inputs(dtype, per_sequence: bool, B=3, H=4, T=10, hd=8):
@@ -70,7 +88,7 @@ def test_rope_matches_reference(ext, dtype, per_sequence):
     g = torch.randn(x.shape[0], x.shape[2], x.shape[1], x.shape[3]).to(dtype)
     out, (gx,) = _grads(lambda a: fused.apply_rope(a.transpose(1, 2), cos, sin), (x,), g)
     want, (wx,) = _grads(lambda a: fused.rope_reference(a.transpose(1, 2), cos, sin), (x,), g)
-    assert "RoPE" in type(out.grad_fn).__name__
+    assert "RoPE" in out.grad_fn.name()
     _close(out, want, dtype)
     _close(gx, wx, dtype)
 
@@ -87,11 +105,21 @@ def test_what_the_kernels_do_not_take_runs_the_expression(ext):
     x = torch.randn(2, 3, 4, 5, requires_grad=True)  # odd head_dim: no rotate-half kernel
     cos, sin = torch.randn(1, 4, 5), torch.randn(1, 4, 5)
     out = fused.apply_rope(x, cos, sin)
-    assert "RoPE" not in type(out.grad_fn).__name__
+    assert "RoPE" not in out.grad_fn.name()
     torch.testing.assert_close(out, fused.rope_reference(x, cos, sin))
     w64 = torch.ones(5, dtype=torch.float64)  # mixed dtypes
     out = fused.rms_norm(torch.randn(3, 5, requires_grad=True), w64, 1e-5)
-    assert "RMSNorm" not in type(out.grad_fn).__name__
+    assert "RMSNorm" not in out.grad_fn.name()
+
+
+def test_double_backward_is_an_error_not_a_silent_zero(ext):
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.ones(8, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(fused.rms_norm(x, w, 1e-5).pow(2).sum(), x, create_graph=True)
+    q, cos, sin = _rope_inputs(torch.float32, per_sequence=False)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(fused.apply_rope(q.transpose(1, 2), cos, sin).pow(2).sum(), q, create_graph=True)
 
 
 def test_forced_reference_is_the_expression_exactly(ext, monkeypatch):
