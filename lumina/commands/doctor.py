@@ -1,4 +1,4 @@
-"""`lumina doctor`: the versions Lumina runs on and the backend that serves each routing op."""
+"""`lumina doctor`: the versions Lumina runs on and the backend that serves each routing and fused op."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import subprocess
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--strict", action="store_true",
-                        help="exit 1 when a routing op on an available device runs the PyTorch reference")
+                        help="exit 1 when a routing op (or a fused CPU op) on an available device runs the "
+                             "PyTorch reference")
 
 
 def _version(distribution: str) -> str:
@@ -51,6 +52,8 @@ def report() -> dict:
         if cuda_devices == 0:
             cuda = f"no CUDA device; would use: {cuda}"
         ops[op] = {"cpu": backend.describe(op, "cpu"), "cuda": cuda}
+    for op in backend.FUSED_OPS:
+        ops[op] = {"cpu": backend.describe_fused("cpu"), "cuda": backend.describe_fused("cuda")}
     return {
         "versions": {
             "python": platform.python_version(),
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         print()
         op_width = max(len(op) for op in info["routing_ops"])
         cpu_width = max(len(v["cpu"]) for v in info["routing_ops"].values())
-        print(f"{'routing op':<{op_width}}  {'CPU tensors':<{cpu_width}}  CUDA tensors")
+        print(f"{'op':<{op_width}}  {'CPU tensors':<{cpu_width}}  CUDA tensors")
         for op, where in info["routing_ops"].items():
             print(f"{op:<{op_width}}  {where['cpu']:<{cpu_width}}  {where['cuda']}")
     if args.strict:

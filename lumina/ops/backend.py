@@ -25,6 +25,8 @@ API_VERSION = 2
 
 OPS = ("topk_route", "dispatch_plan", "permute", "unpermute", "expert_histogram", "mod_select",
        "gather_tokens", "scatter_tokens")
+# lumina.ops.fused: CPU kernels only; other devices run the PyTorch expressions by design.
+FUSED_OPS = ("rms_norm", "rope", "swiglu")
 
 # (op, device type) -> dtypes the kernel does not take; those tensors run the reference.
 _UNSUPPORTED_DTYPES: dict[tuple[str, str], frozenset[torch.dtype]] = {
@@ -104,6 +106,17 @@ def describe(op: str, device_type: str) -> str:
         note = f"; {', '.join(str(d) for d in sorted(unsupported, key=str))} use the reference" if unsupported else ""
         return f"CUDA kernel{note}"
     return "reference"
+
+
+def describe_fused(device_type: str) -> str:
+    """What serves the fused ops (FUSED_OPS) for tensors on `device_type`, in words."""
+    if device_type != "cpu":
+        return "PyTorch ops (the fused kernels are CPU-only)"
+    if forced_reference():
+        return "reference (LUMINA_ROUTING_BACKEND=reference)"
+    if load_extension() is None:
+        return f"reference (lumina._C not loaded: {extension_error()})"
+    return f"C++ kernel (ATen threads, {torch.get_num_threads()})"
 
 
 def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:

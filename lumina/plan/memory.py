@@ -11,7 +11,9 @@ Activations follow the term-by-term method of Korthikanti et al. 2022 (arXiv 220
 section 4): count every tensor autograd keeps for the backward pass. The terms are Lumina's own
 block, checked tensor by tensor with `torch.autograd.graph.saved_tensors_hooks` and against the
 measured peak (`lumina.plan.validate`, docs/ops.md): no dropout, RMSNorm computed in FP32, GQA (K
-and V are `kv_heads x head_dim` = g wide), SwiGLU without a fused kernel. With `a` bytes an
+and V are `kv_heads x head_dim` = g wide), SwiGLU as torch's ops. These are the PyTorch
+expressions of `lumina.ops.fused`, which is what runs on a GPU; on CPU its fused kernels keep less
+(an RMSNorm its input and one FP32 scalar a row), so CPU estimates are slightly high. With `a` bytes an
 activation element (2 in BF16, 4 in FP32), per token of a micro-batch of b sequences of s tokens,
 hidden h, ffn F, heads n, tensor parallel t:
 
