@@ -1,7 +1,7 @@
 // Fused CPU kernels for three parts of a transformer block that torch runs as several ops each:
-// RMSNorm, rotate-half RoPE and SwiGLU's gate, forward and backward. On CPU those ops are memory-bound, so one
-// pass over the data instead of one per op is most of their cost (docs/kernels.md has the
-// measurements). lumina/ops/fused.py wraps them in autograd and keeps the PyTorch expressions they
+// RMSNorm, rotate-half RoPE and SwiGLU's gate, forward and backward. On CPU those ops are
+// memory-bound, so one pass over the data instead of one per op is most of their cost
+// (docs/kernels.md has the measurements). lumina/ops/fused.py wraps them in autograd and keeps the PyTorch expressions they
 // match for every other device.
 #pragma once
 
@@ -27,7 +27,7 @@ std::vector<at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_y, const at::
 at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool transpose);
 
 // The same, differentiable (fused_autograd.cpp): RMSNorm w.r.t. x and weight, RoPE w.r.t. x (the
-// tables are constants), SwiGLU w.r.t. both. Neither supports double backward.
+// tables are constants), SwiGLU w.r.t. both. None supports double backward (it raises).
 at::Tensor rms_norm_autograd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
 at::Tensor rope_autograd_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor swiglu_autograd_cpu(const at::Tensor& gate, const at::Tensor& up);

@@ -1,5 +1,5 @@
 // Autograd for the fused CPU kernels, in C++: the backward then runs in torch's autograd engine
-// without entering Python. As torch.autograd.Function subclasses the two ops cost more in
+// without entering Python. As torch.autograd.Function subclasses, RMSNorm and RoPE cost more in
 // Python glue than the RMSNorm kernels themselves at the debug width (docs/kernels.md).
 #include "check.h"
 #include "fused.h"

@@ -82,6 +82,9 @@ std::vector<at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_y, const at
   const int64_t D = x.size(-1);
   const int64_t rows = D == 0 ? 0 : x.numel() / D;
   if (rstd.numel() != rows) fail("rstd must have ", rows, " elements (one per row of x), got ", rstd.numel());
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (rstd.scalar_type() != acc_type) fail("rstd must be ", acc_type, " for ", x.scalar_type(), " x, got ", rstd.scalar_type());
+  const at::Tensor r = rstd.contiguous();  // named: a temporary's buffer would be freed under the pointer
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm_backward_cpu", [&] {
@@ -89,7 +92,7 @@ std::vector<at::Tensor> rms_norm_backward_cpu(const at::Tensor& grad_y, const at
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* dyp = dy.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>();
-    const acc_t* rp = rstd.contiguous().data_ptr<acc_t>();
+    const acc_t* rp = r.data_ptr<acc_t>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
     // Each task sums its rows' weight gradient into its own row of `partial`; the rows are added
     // after, so no two threads write one address and the result does not depend on scheduling

@@ -131,6 +131,11 @@ def test_forced_reference_is_the_expression_exactly(ext, monkeypatch):
 def test_bad_input_to_the_kernels_names_it(ext):
     with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
         ext.rms_norm_forward_cpu(torch.randn(4, 8), torch.ones(7), 1e-5)
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="rstd must be Float"):
+        ext.rms_norm_backward_cpu(x, x, torch.ones(8), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rstd must have 4 elements"):
+        ext.rms_norm_backward_cpu(x, x, torch.ones(8), torch.ones(3))
     with pytest.raises(ValueError, match="head_dim must be even"):
         ext.rope_cpu(torch.randn(1, 1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2, 3), False)
     with pytest.raises(ValueError, match="cos must have shape"):
