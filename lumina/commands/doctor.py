@@ -47,13 +47,11 @@ def report() -> dict:
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     module = backend.load_extension()
     ops = {}
-    for op in backend.OPS:
+    for op in backend.OPS + backend.FUSED_OPS:
         cuda = backend.describe(op, "cuda")
         if cuda_devices == 0:
             cuda = f"no CUDA device; would use: {cuda}"
         ops[op] = {"cpu": backend.describe(op, "cpu"), "cuda": cuda}
-    for op in backend.FUSED_OPS:
-        ops[op] = {"cpu": backend.describe_fused("cpu"), "cuda": backend.describe_fused("cuda")}
     return {
         "versions": {
             "python": platform.python_version(),

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumina.config import ModelConfig
-from lumina.model.layers import LayerFactory, apply_rope, output_init_std
+from lumina.model.layers import LayerFactory, output_init_std
+from lumina.ops.fused import apply_rope
 
 
 class Attention(nn.Module):

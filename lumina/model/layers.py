@@ -1,4 +1,5 @@
-"""Building blocks shared by every block type: the linear-layer factory, RMSNorm and RoPE.
+"""Building blocks shared by every block type: the linear-layer factory, RMSNorm and the RoPE tables
+(RoPE itself and SwiGLU's gate are in `lumina.ops.fused`).
 
 Every weight matrix of the attention and MLP comes from a `LayerFactory`, so tensor-parallel
 wiring (megatron-core's Column/RowParallelLinear, VocabParallelEmbedding) replaces the plain
@@ -93,8 +94,3 @@ def rope_tables(seq_length: int, head_dim: int, theta: float, device=None) -> tu
     angles = torch.outer(torch.arange(seq_length, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)  # (T, head_dim)
     return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, hd); cos/sin: (B or 1, T, hd), indexed by each token's true position."""
-    return fused.apply_rope(x, cos, sin)

@@ -91,6 +91,8 @@ def _warn_once(key: str, message: str) -> None:
 
 def describe(op: str, device_type: str) -> str:
     """The backend that serves `op` for tensors on `device_type`, in words (for `lumina doctor`)."""
+    if op in FUSED_OPS and device_type != "cpu":
+        return "PyTorch ops (the fused kernels are CPU-only)"
     if forced_reference():
         return "reference (LUMINA_ROUTING_BACKEND=reference)"
     module = load_extension()
@@ -106,17 +108,6 @@ def describe(op: str, device_type: str) -> str:
         note = f"; {', '.join(str(d) for d in sorted(unsupported, key=str))} use the reference" if unsupported else ""
         return f"CUDA kernel{note}"
     return "reference"
-
-
-def describe_fused(device_type: str) -> str:
-    """What serves the fused ops (FUSED_OPS) for tensors on `device_type`, in words."""
-    if device_type != "cpu":
-        return "PyTorch ops (the fused kernels are CPU-only)"
-    if forced_reference():
-        return "reference (LUMINA_ROUTING_BACKEND=reference)"
-    if load_extension() is None:
-        return f"reference (lumina._C not loaded: {extension_error()})"
-    return f"C++ kernel (ATen threads, {torch.get_num_threads()})"
 
 
 def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:

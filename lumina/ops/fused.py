@@ -1,8 +1,9 @@
-"""RMSNorm and RoPE: one fused C++ kernel each way on CPU, the PyTorch expression elsewhere.
+"""RMSNorm, RoPE and SwiGLU's gate: one fused C++ kernel each way on CPU, the PyTorch expression
+elsewhere.
 
-Each is several torch ops (RMSNorm's forward and backward together are about fifteen), and on CPU
-each op is a pass over memory plus a dispatch. `lumina._C` does each direction in one pass for CPU
-tensors (docs/kernels.md has the measurements, and why SwiGLU's gate is not among them).
+Each is many torch ops (torch's profiler counts 23 non-view ops for RMSNorm's forward and backward
+together, 18 for RoPE), and on CPU each op is a pass over memory plus a dispatch. `lumina._C` does
+each direction in one pass for CPU tensors (docs/kernels.md has the measurements).
 
 The PyTorch expressions below (`*_reference`) are the specification and what runs on CUDA (where
 torch's own kernels are cheap next to the matmuls), under `torch.compile` (Inductor fuses them
@@ -22,16 +23,15 @@ from lumina.ops import backend
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
-def _cpu_kernels(*tensors: Tensor):
-    """lumina._C when every tensor is a CPU float tensor of one dtype and nothing traces; else None."""
+def _cpu_kernel(op: str, *tensors: Tensor):
+    """lumina._C's differentiable `op` when every tensor is a CPU float tensor of one dtype and
+    nothing traces; else None (`backend.kernel` warns once when the build is missing)."""
     first = tensors[0]
     if first.device.type != "cpu" or first.dtype not in _DTYPES or torch.compiler.is_compiling():
         return None
     if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors[1:]):
         return None
-    if backend.kernel("rms_norm_autograd", first.device) is None:  # warns once when the build is missing
-        return None
-    return backend.load_extension()
+    return backend.kernel(f"{op}_autograd", first.device)
 
 
 # RMSNorm.
@@ -44,10 +44,10 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    ext = _cpu_kernels(x, weight)
-    if ext is None or x.shape[-1] != weight.shape[0]:
+    kernel = _cpu_kernel("rms_norm", x, weight)
+    if kernel is None or x.shape[-1] != weight.shape[0]:
         return rms_norm_reference(x, weight, eps)
-    return ext.rms_norm_autograd_cpu(x, weight, eps)
+    return kernel(x, weight, eps)
 
 
 # SwiGLU's gate (Shazeer 2020).
@@ -58,10 +58,10 @@ def swiglu_reference(gate: Tensor, up: Tensor) -> Tensor:
 
 def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     """silu(gate) * up."""
-    ext = _cpu_kernels(gate, up)
-    if ext is None or gate.shape != up.shape:
+    kernel = _cpu_kernel("swiglu", gate, up)
+    if kernel is None or gate.shape != up.shape:
         return swiglu_reference(gate, up)
-    return ext.swiglu_autograd_cpu(gate, up)
+    return kernel(gate, up)
 
 
 # Rotate-half RoPE (Su et al. 2021).
@@ -76,8 +76,8 @@ def rope_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    ext = _cpu_kernels(x)
-    if (ext is None or x.dim() != 4 or x.shape[-1] % 2 or x.stride(-1) != 1 or cos.dtype != torch.float32
+    kernel = _cpu_kernel("rope", x)
+    if (kernel is None or x.dim() != 4 or x.shape[-1] % 2 or x.stride(-1) != 1 or cos.dtype != torch.float32
             or sin.dtype != torch.float32 or cos.device.type != "cpu" or cos.requires_grad or sin.requires_grad):
         return rope_reference(x, cos, sin)
-    return ext.rope_autograd_cpu(x, cos, sin)
+    return kernel(x, cos, sin)

@@ -124,8 +124,10 @@ def test_double_backward_is_an_error_not_a_silent_zero(ext):
 
 def test_forced_reference_is_the_expression_exactly(ext, monkeypatch):
     monkeypatch.setenv("LUMINA_ROUTING_BACKEND", "reference")
-    x, w = torch.randn(4, 8), torch.randn(8)
-    assert torch.equal(fused.rms_norm(x, w, 1e-5), fused.rms_norm_reference(x, w, 1e-5))
+    x, w = torch.randn(4, 8, requires_grad=True), torch.randn(8)
+    out = fused.rms_norm(x, w, 1e-5)
+    assert "RMSNorm" not in out.grad_fn.name()
+    assert torch.equal(out, fused.rms_norm_reference(x, w, 1e-5))
 
 
 def test_bad_input_to_the_kernels_names_it(ext):
