@@ -1,5 +1,6 @@
 // lumina._C: the routing kernels as plain functions. lumina/ops/routing.py registers the
-// torch.library custom ops (schemas, fake implementations, autograd) and calls these from them;
+// torch.library custom ops (schemas, fake implementations, autograd) and calls these from them, or,
+// for eager CPU tensors, the *_autograd_cpu functions with their autograd in C++;
 // lumina/ops/backend.py decides which of them serve a tensor. The GIL is released while a kernel
 // runs.
 #include "fused.h"
@@ -41,6 +42,11 @@ PYBIND11_MODULE(_C, m) {
   def(m, "gather_tokens_cpu", &lumina::gather_tokens_cpu, "gather selected rows");
   def(m, "gather_tokens_backward_cpu", &lumina::gather_tokens_backward_cpu, "gradient of gather_tokens");
   def(m, "scatter_tokens_cpu", &lumina::scatter_tokens_cpu, "replace selected rows, out of place");
+  def(m, "topk_route_autograd_cpu", &lumina::topk_route_autograd_cpu, "topk_route, differentiable");
+  def(m, "permute_autograd_cpu", &lumina::permute_autograd_cpu, "permute, differentiable");
+  def(m, "unpermute_autograd_cpu", &lumina::unpermute_autograd_cpu, "unpermute, differentiable");
+  def(m, "gather_tokens_autograd_cpu", &lumina::gather_tokens_autograd_cpu, "gather_tokens, differentiable");
+  def(m, "scatter_tokens_autograd_cpu", &lumina::scatter_tokens_autograd_cpu, "scatter_tokens, differentiable");
   def(m, "rms_norm_forward_cpu", &lumina::rms_norm_forward_cpu, "RMSNorm and its per-row rstd");
   def(m, "rms_norm_backward_cpu", &lumina::rms_norm_backward_cpu, "gradients of RMSNorm");
   def(m, "rope_cpu", &lumina::rope_cpu, "rotate-half RoPE, or its transpose");
@@ -49,6 +55,8 @@ PYBIND11_MODULE(_C, m) {
   def(m, "swiglu_forward_cpu", &lumina::swiglu_forward_cpu, "silu(gate) * up, and sigmoid(gate)");
   def(m, "swiglu_backward_cpu", &lumina::swiglu_backward_cpu, "gradients of silu(gate) * up");
   def(m, "swiglu_autograd_cpu", &lumina::swiglu_autograd_cpu, "silu(gate) * up, differentiable");
+  def(m, "expert_mlp_autograd_cpu", &lumina::expert_mlp_autograd_cpu,
+      "every MoE expert's SwiGLU MLP on its chunk of expert-ordered tokens, differentiable");
 
 #ifdef LUMINA_WITH_CUDA
   m.attr("HAS_CUDA") = true;

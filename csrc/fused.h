@@ -1,8 +1,8 @@
-// Fused CPU kernels for three parts of a transformer block that torch runs as several ops each:
-// RMSNorm, rotate-half RoPE and SwiGLU's gate, forward and backward. On CPU those ops are
-// memory-bound, so one pass over the data instead of one per op is most of their cost
-// (docs/kernels.md has the measurements). lumina/ops/fused.py wraps them in autograd and keeps the PyTorch expressions they
-// match for every other device.
+// Fused CPU kernels for parts of a transformer block that torch runs as several ops each: RMSNorm,
+// rotate-half RoPE and SwiGLU's gate, forward and backward, and the MoE experts' whole MLPs. On CPU
+// the elementwise ops are memory-bound, so one pass over the data instead of one per op is most of
+// their cost; for the experts, the per-op dispatch and autograd overhead is (docs/kernels.md has the
+// measurements). lumina/ops/fused.py keeps the PyTorch expressions they match for every other device.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -31,5 +31,13 @@ at::Tensor rope_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor
 at::Tensor rms_norm_autograd_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
 at::Tensor rope_autograd_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor swiglu_autograd_cpu(const at::Tensor& gate, const at::Tensor& up);
+
+// The MoE experts' SwiGLU MLPs in one differentiable op (experts_cpu.cpp). xs (N, D) holds the
+// tokens in expert-contiguous order: chunk i is the next counts[i] rows, run by local expert ids[i]
+// (by expert i when ids is empty). w_gate, w_up (E, D, F), w_down (E, F, D), of xs's dtype.
+// Returns (N, D): silu(x @ w_gate[e]) * (x @ w_up[e]) @ w_down[e] for each chunk. Differentiable
+// w.r.t. xs and the three weights; no double backward.
+at::Tensor expert_mlp_autograd_cpu(const at::Tensor& xs, const at::Tensor& w_gate, const at::Tensor& w_up,
+                                   const at::Tensor& w_down, std::vector<int64_t> counts, std::vector<int64_t> ids);
 
 }  // namespace lumina

@@ -12,8 +12,9 @@
 namespace lumina {
 
 // Bumped when a signature here or in fused.h changes or a kernel is added, so a stale build is
-// refused instead of misused (2: the fused CPU kernels).
-constexpr int64_t kApiVersion = 2;
+// refused instead of misused (2: the fused CPU kernels; 3: the experts' MLP and the routing ops'
+// C++ autograd).
+constexpr int64_t kApiVersion = 3;
 
 // (expert_index (S, k) int64, weights (S, k), slot (S, k) int64, probs (S, E)); capacity < 0 is
 // unlimited. weights and probs are fp32, or fp64 for fp64 logits.
@@ -36,6 +37,15 @@ at::Tensor mod_select_cpu(const at::Tensor& scores, int64_t k);
 at::Tensor gather_tokens_cpu(const at::Tensor& x, const at::Tensor& index);
 at::Tensor gather_tokens_backward_cpu(const at::Tensor& grad, const at::Tensor& index, int64_t seq_len);
 at::Tensor scatter_tokens_cpu(const at::Tensor& x, const at::Tensor& index, const at::Tensor& values);
+
+// The differentiable ops above with their autograd in C++ (routing_autograd.cpp), for eager CPU
+// tensors: gradients as the torch.library ops of lumina/ops/routing.py give them; no double backward.
+std::vector<at::Tensor> topk_route_autograd_cpu(const at::Tensor& logits, int64_t top_k, int64_t capacity);
+at::Tensor permute_autograd_cpu(const at::Tensor& x, const at::Tensor& token_index);
+at::Tensor unpermute_autograd_cpu(const at::Tensor& y, const at::Tensor& token_index, const at::Tensor& assign_index,
+                                  const at::Tensor& weights, int64_t num_tokens);
+at::Tensor gather_tokens_autograd_cpu(const at::Tensor& x, const at::Tensor& index);
+at::Tensor scatter_tokens_autograd_cpu(const at::Tensor& x, const at::Tensor& index, const at::Tensor& values);
 
 #ifdef LUMINA_WITH_CUDA
 std::vector<at::Tensor> topk_route_cuda(const at::Tensor& logits, int64_t top_k, int64_t capacity);

@@ -22,6 +22,8 @@ import math
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def hf_model(cfg, mode: str):
@@ -54,10 +56,68 @@ def _groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def train(job: dict) -> dict:
-    """Train one baseline as `job` describes (see `runner.baseline_job`); the run's record."""
+@dataclass
+class Baseline:
+    """A baseline system ready to train: its model and optimizer, and one step of it."""
+    name: str
+    model: object
+    loss_of: Callable       # batch -> (LM loss, loss with the aux terms)
+    optimizer: object
+    clip: float
+
+    def step(self, batch, lr: float):
+        """One training step at learning rate `lr`; the LM loss, for the curve."""
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        lm, total = self.loss_of(batch)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lm
+
+
+def build(kind: str, args, cfg) -> Baseline:
+    """The `kind` baseline (hf or plain) for the trainer flags `args` and Lumina's config `cfg`,
+    initialised from args.seed."""
     import torch
     import torch.nn.functional as F
+
+    torch.manual_seed(args.seed)
+    if kind == "hf":
+        model = hf_model(cfg, args.mode)
+        if model is None:
+            raise ValueError(f"baseline hf has no model of mode {args.mode!r}: transformers has "
+                             f"{' and '.join(f'{m} ({hf_name(m)})' for m in ('dense', 'moe'))}")
+        name = hf_name(args.mode)
+
+        def loss_of(batch):
+            out = model(input_ids=batch[:, :-1])
+            lm = F.cross_entropy(out.logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            aux = getattr(out, "aux_loss", None)
+            return lm, (lm + cfg.moe.aux_loss_coef * aux) if aux is not None else lm
+    elif kind == "plain":
+        from lumina.model.transformer import LuminaLM
+
+        model = LuminaLM(cfg, init_seed=args.seed)
+        name = "plain"
+
+        def loss_of(batch):
+            out = model(batch[:, :-1], labels=batch[:, 1:])
+            return out.loss, out.loss + out.aux_loss
+    else:
+        raise ValueError(f"baseline kind {kind!r} is unknown: choose hf or plain")
+    optimizer = torch.optim.AdamW(_groups(model, args.weight_decay), lr=args.lr,
+                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, fused=True)
+    model.train()
+    return Baseline(name, model, loss_of, optimizer, args.clip_grad or 1.0)
+
+
+def train(job: dict) -> dict:
+    """Train one baseline as `job` describes (see `runner.run_baseline`); the run's record."""
+    import torch
 
     from lumina.accounting import account
     from lumina.pretrain import build_parser
@@ -67,67 +127,33 @@ def train(job: dict) -> dict:
     args = build_parser().parse_args(job["trainer_args"])
     res, cfg, _, _, tokenizer = plan_layout(args)
     train_loader, valid_loader = _data(args, cfg.seq_length, res.micro_batch_size, 0, 1, tokenizer)
-    torch.manual_seed(args.seed)
-    if job["kind"] == "hf":
-        model = hf_model(cfg, args.mode)
-        name = hf_name(args.mode)
-        params_total = sum(p.numel() for p in model.parameters())
-
-        def loss_of(batch):
-            out = model(input_ids=batch[:, :-1])
-            lm = F.cross_entropy(out.logits.float().flatten(0, 1), batch[:, 1:].flatten())
-            aux = getattr(out, "aux_loss", None)
-            return lm, (lm + cfg.moe.aux_loss_coef * aux) if aux is not None else lm
-    else:
-        from lumina.model.transformer import LuminaLM
-
-        model = LuminaLM(cfg, init_seed=args.seed)
-        name = "plain"
-        params_total = sum(p.numel() for p in model.parameters())
-
-        def loss_of(batch):
-            out = model(batch[:, :-1], labels=batch[:, 1:])
-            return out.loss, out.loss + out.aux_loss
-    optimizer = torch.optim.AdamW(_groups(model, args.weight_decay), lr=args.lr,
-                                  betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, fused=True)
+    base = build(job["kind"], args, cfg)
+    params_total = sum(p.numel() for p in base.model.parameters())
     tokens_per_iter = res.micro_batch_size * cfg.seq_length
     curve, elapsed = [], 0.0
-
-    def step(batch):
-        """One training step; the LM loss, for the curve."""
-        lm, total = loss_of(batch)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad or 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return lm
-
-    model.train()
     for it in range(args.train_iters):
         lr = lr_at(it, args.lr, args.min_lr, args.lr_warmup_iters, args.train_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         batch = train_loader.next_batch()
         start = time.perf_counter()
-        lm = step(batch)
+        lm = base.step(batch, lr)
         seconds = time.perf_counter() - start
         elapsed += seconds
         curve.append({"iteration": it + 1, "tokens": (it + 1) * tokens_per_iter, "loss": float(lm),
                       "seconds": elapsed, "step_seconds": seconds})
-    model.eval()
+    base.model.eval()
     with torch.no_grad():
-        valid = [float(loss_of(valid_loader.next_batch())[0]) for _ in range(args.eval_iters)]
+        valid = [float(base.loss_of(valid_loader.next_batch())[0]) for _ in range(args.eval_iters)]
     peak_mem_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     parts = None
     if job.get("breakdown"):
         # After the record is complete: these extra steps change the weights, not the results.
         from lumina.bench.breakdown import profile_step
 
-        model.train()
+        base.model.train()
         batches = iter([train_loader.next_batch() for _ in range(5)])
-        parts = profile_step(lambda: step(next(batches)), steps=4, warmup=1)
+        parts = profile_step(lambda: base.step(next(batches), args.min_lr), steps=4, warmup=1)
     acc = account(cfg)
-    return {"system": name, "params_total": params_total, "params_active": acc.params_active,
+    return {"system": base.name, "params_total": params_total, "params_active": acc.params_active,
             "flops_per_token": acc.flops_per_token, "curve": curve,
             "valid_loss": sum(valid) / len(valid), "peak_mem_gb": peak_mem_gb,
             "threads": torch.get_num_threads(), "breakdown": parts}

@@ -39,10 +39,13 @@ RUN = {
 }
 RATIO = {
     "size": str, "mode": str, "baseline": str, "lumina_tokens_per_s": NUM, "baseline_tokens_per_s": NUM,
-    "ratio": NUM, "goal": OPT_NUM, "goal_met": (bool, type(None)), "lumina_valid_loss": NUM,
+    "ratio": NUM, "side_by_side_ratio": OPT_NUM, "side_by_side_range": OPT_LIST, "goal": OPT_NUM, "goal_met": (bool, type(None)), "lumina_valid_loss": NUM,
     "baseline_valid_loss": NUM, "loss_difference": NUM, "loss_no_worse": bool,
     "loss_differences": [NUM], "loss_difference_mean": NUM,
 }
+# One system's side of a speed trial (lumina.bench.speed); ratio*: Lumina's speed over this one's.
+SPEED = {"size": str, "mode": str, "system": str, "rounds": int, "steps": int, "warmup": int, "step_seconds": [NUM],
+         "tokens_per_s": NUM, "ratio": OPT_NUM, "ratio_min": OPT_NUM, "ratio_max": OPT_NUM}
 SEED_RUN = {"size": str, "mode": str, "system": str, "seed": int, "valid_loss": NUM}
 PROJECTED = {
     "size": str, "mode": str, "gpu": str, "gpus": int, "layout": str, "tokens_per_s": NUM, "mfu": NUM,
@@ -60,7 +63,7 @@ MACHINE = {"cpu": str, "cores": int, "gpu": OPT_STR, "threads": int, "python": s
            "deepspeed": OPT_STR, "transformers": OPT_STR, "peak_tflops": NUM, "peak_source": str}
 SCHEMA = {
     "schema": int, "date": str, "command": str, "machine": MACHINE, "spec": dict,
-    "runs": [RUN], "seed_runs": [SEED_RUN], "ratios": [RATIO], "loss_tolerance": NUM, "projected": [PROJECTED], "claims": [CLAIM],
+    "runs": [RUN], "seed_runs": [SEED_RUN], "speed": [SPEED], "ratios": [RATIO], "loss_tolerance": NUM, "projected": [PROJECTED], "claims": [CLAIM],
 }
 
 

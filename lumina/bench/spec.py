@@ -24,6 +24,11 @@ class SizeRun:
     # model train again, for the held-out loss comparison only: one seed's difference is mostly
     # the draw at these budgets.
     loss_seeds: tuple[int, ...] = ()
+    # The side-by-side speed trial (lumina.bench.speed): rounds, timed steps per system per round,
+    # and untimed warm-up steps per system before the first round.
+    speed_rounds: int = 8
+    speed_steps: int = 4
+    speed_warmup: int = 2
 
     def __post_init__(self) -> None:
         if self.preset not in SIZES:
@@ -36,9 +41,11 @@ class SizeRun:
             raise ValueError(f"bench baselines {bad} are unknown: choose from hf, plain")
         if len(set(self.loss_seeds)) != len(self.loss_seeds) or not all(isinstance(s, int) for s in self.loss_seeds):
             raise ValueError(f"bench {self.preset} loss_seeds={self.loss_seeds} must be distinct integers")
-        for name in ("tokens", "micro_batch", "seq", "eval_iters"):
+        for name in ("tokens", "micro_batch", "seq", "eval_iters", "speed_rounds", "speed_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"bench {self.preset} {name}={getattr(self, name)} must be >= 1")
+        if self.speed_warmup < 0:
+            raise ValueError(f"bench {self.preset} speed_warmup={self.speed_warmup} must be >= 0")
         if self.iters < 3:
             raise ValueError(f"bench {self.preset}: --tokens {self.tokens} is {self.iters} iteration(s) of "
                              f"{self.micro_batch} x {self.seq} tokens; at least 3 are needed (the first, "
@@ -67,16 +74,20 @@ class BenchSpec:
 
 
 def default_spec(debug_tokens: int = 262_144, debug_200m_tokens: int = 4_096) -> BenchSpec:
-    """debug at its own batch (8 x 128) for 256K tokens; debug_200m at 1 x 256 for 4K tokens. The
+    """debug at its own batch (8 x 128) for 256K tokens; debug_200m at 1 x 256 for 4K tokens; the
+    speed trial at debug takes 10 rounds of 4 steps per system, at debug_200m (seconds a step) 5
+    rounds of 1. The
     debug_200m moe and hybrid models hold 1.2B parameters: 18 GiB of FP32 weights, gradients and
     Adam states, more than a 24 GiB CPU machine can train with activations and the baselines
     beside it, so at that size only dense and mod run (and HF Llama against dense)."""
     return BenchSpec(sizes=(
-        SizeRun("debug", debug_tokens, 8, 128, loss_seeds=(1, 2)),
-        SizeRun("debug_200m", debug_200m_tokens, 1, 256, modes=("dense", "mod"), eval_iters=2, loss_seeds=(1, 2)),
+        SizeRun("debug", debug_tokens, 8, 128, loss_seeds=(1, 2), speed_rounds=10, speed_steps=4, speed_warmup=3),
+        SizeRun("debug_200m", debug_200m_tokens, 1, 256, modes=("dense", "mod"), eval_iters=2, loss_seeds=(1, 2),
+                speed_rounds=5, speed_steps=1, speed_warmup=1),
     ))
 
 
 def smoke_spec() -> BenchSpec:
     """A few iterations of debug in every mode and baseline: every output file, in a minute."""
-    return BenchSpec(sizes=(SizeRun("debug", 4 * 2 * 64, 2, 64, eval_iters=1, loss_seeds=(1,)),), smoke=True)
+    return BenchSpec(sizes=(SizeRun("debug", 4 * 2 * 64, 2, 64, eval_iters=1, loss_seeds=(1,), speed_rounds=2,
+                                    speed_steps=1, speed_warmup=1),), smoke=True)

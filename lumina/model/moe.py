@@ -97,20 +97,7 @@ class MoE(nn.Module):
 
     def experts(self, xs: torch.Tensor, counts: list[int], local_ids: list[int] | None = None) -> torch.Tensor:
         """Run local expert local_ids[i] (default i) on the i-th contiguous chunk of the (N, D) tokens."""
-        outs = []
-        # One unbind per weight, not one index per expert: the backward of `w[e]` writes each
-        # expert's gradient into a zero tensor of the whole stack (E fills and adds per weight and
-        # step), while unbind's backward stacks the E gradients once.
-        gate, up, down = self.w_gate.unbind(0), self.w_up.unbind(0), self.w_down.unbind(0)
-        for i, chunk in enumerate(torch.split(xs, counts)):
-            if chunk.shape[0] == 0:
-                continue
-            e = i if local_ids is None else local_ids[i]
-            h = fused.swiglu(chunk @ gate[e], chunk @ up[e])
-            outs.append(h @ down[e])
-        # With no tokens, stay connected to the input: under expert parallel every rank must run
-        # the backward all-to-all, which happens only if this output is part of the graph.
-        return torch.cat(outs) if outs else xs[:0]
+        return fused.expert_mlp(xs, self.w_gate, self.w_up, self.w_down, counts, local_ids)
 
     def _expert_parallel(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Send each expert's tokens to the rank that holds it, run them, bring the outputs back."""

@@ -19,14 +19,15 @@ from collections.abc import Callable
 from types import ModuleType
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 # Must equal lumina::kApiVersion in csrc/routing.h; a stale build is refused, not misused.
-API_VERSION = 2
+API_VERSION = 3
 
 OPS = ("topk_route", "dispatch_plan", "permute", "unpermute", "expert_histogram", "mod_select",
        "gather_tokens", "scatter_tokens")
 # lumina.ops.fused: CPU kernels only; other devices run the PyTorch expressions by design.
-FUSED_OPS = ("rms_norm", "rope", "swiglu")
+FUSED_OPS = ("rms_norm", "rope", "swiglu", "expert_mlp")
 
 # (op, device type) -> dtypes the kernel does not take; those tensors run the reference.
 _UNSUPPORTED_DTYPES: dict[tuple[str, str], frozenset[torch.dtype]] = {
@@ -108,6 +109,14 @@ def describe(op: str, device_type: str) -> str:
         note = f"; {', '.join(str(d) for d in sorted(unsupported, key=str))} use the reference" if unsupported else ""
         return f"CUDA kernel{note}"
     return "reference"
+
+
+def eager_kernel(op: str, t: torch.Tensor) -> Callable | None:
+    """`kernel(op)` for a CPU tensor that nothing traces (torch.compile, fake tensors); else None.
+    For the C++-autograd entry points, which run real kernels and bypass torch.library."""
+    if t.device.type != "cpu" or torch.compiler.is_compiling() or isinstance(t, FakeTensor):
+        return None
+    return kernel(op, t.device)
 
 
 def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:

@@ -1,5 +1,5 @@
-"""RMSNorm, RoPE and SwiGLU's gate: one fused C++ kernel each way on CPU, the PyTorch expression
-elsewhere.
+"""RMSNorm, RoPE, SwiGLU's gate and the MoE experts' MLPs: fused C++ kernels on CPU, the PyTorch
+expression elsewhere.
 
 Each is many torch ops (torch's profiler counts 23 non-view ops for RMSNorm's forward and backward
 together, 18 for RoPE), and on CPU each op is a pass over memory plus a dispatch. `lumina._C` does
@@ -9,6 +9,9 @@ The PyTorch expressions below (`*_reference`) are the specification and what run
 torch's own kernels are cheap next to the matmuls), under `torch.compile` (Inductor fuses them
 itself), with LUMINA_ROUTING_BACKEND=reference, and when the extension is missing (one warning, from
 `lumina.ops.backend`). The kernels agree with them within the tolerances in tests/ops/test_fused.py.
+
+The experts' MLPs (`expert_mlp`) are matmuls, which torch does well; what the kernel removes is the
+per-expert Python loop around them: about twenty ops and four autograd nodes per expert and step.
 Autograd for the kernels is C++ (csrc/fused_autograd.cpp), so their backward never enters Python;
 double backward through them is not supported (nothing in training needs it).
 """
@@ -27,11 +30,9 @@ def _cpu_kernel(op: str, *tensors: Tensor):
     """lumina._C's differentiable `op` when every tensor is a CPU float tensor of one dtype and
     nothing traces; else None (`backend.kernel` warns once when the build is missing)."""
     first = tensors[0]
-    if first.device.type != "cpu" or first.dtype not in _DTYPES or torch.compiler.is_compiling():
+    if first.dtype not in _DTYPES or any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors[1:]):
         return None
-    if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors[1:]):
-        return None
-    return backend.kernel(f"{op}_autograd", first.device)
+    return backend.eager_kernel(f"{op}_autograd", first)
 
 
 # RMSNorm.
@@ -81,3 +82,32 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
             or sin.dtype != torch.float32 or cos.device.type != "cpu" or cos.requires_grad or sin.requires_grad):
         return rope_reference(x, cos, sin)
     return kernel(x, cos, sin)
+
+
+# The MoE experts: one SwiGLU MLP per expert, each on its contiguous chunk of expert-ordered tokens.
+
+def expert_mlp_reference(xs: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, counts: list[int],
+                         ids: list[int] | None = None) -> Tensor:
+    """Chunk i of xs (the next counts[i] rows) through expert ids[i] (default i)."""
+    outs = []
+    # One unbind per weight, not one index per expert: the backward of `w[e]` writes each expert's
+    # gradient into a zero tensor of the whole stack (E fills and adds per weight and step), while
+    # unbind's backward stacks the E gradients once.
+    gate, up, down = w_gate.unbind(0), w_up.unbind(0), w_down.unbind(0)
+    for i, chunk in enumerate(torch.split(xs, counts)):
+        if chunk.shape[0] == 0:
+            continue
+        e = i if ids is None else ids[i]
+        outs.append(swiglu(chunk @ gate[e], chunk @ up[e]) @ down[e])
+    # With no tokens, stay connected to the input: under expert parallel every rank must run the
+    # backward all-to-all, which happens only if this output is part of the graph.
+    return torch.cat(outs) if outs else xs[:0]
+
+
+def expert_mlp(xs: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, counts: list[int],
+               ids: list[int] | None = None) -> Tensor:
+    """(N, D) expert-ordered tokens, weights (E, D, F), (E, D, F), (E, F, D) -> (N, D)."""
+    kernel = _cpu_kernel("expert_mlp", xs, w_gate, w_up, w_down)
+    if kernel is None:
+        return expert_mlp_reference(xs, w_gate, w_up, w_down, counts, ids)
+    return kernel(xs, w_gate, w_up, w_down, counts, [] if ids is None else ids)

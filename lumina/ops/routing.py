@@ -7,6 +7,12 @@ tensors, the CUDA kernels for CUDA tensors, or the PyTorch reference (`routing_r
 specification) when no kernel serves the tensor. The choice never changes a result's integers
 (expert ids, slots, orderings); floats agree within the tolerances in docs/kernels.md.
 
+For eager CPU tensors every op skips torch.library and calls `lumina._C` directly, the
+differentiable ones with their autograd in C++ (`*_autograd_cpu`): a custom op's Python dispatch
+and autograd glue cost about three times the kernels' own time in an MoE layer of the debug model
+(docs/kernels.md). Results and gradients are the same either way; double backward through the C++
+autograd raises.
+
 Shapes, dtypes, devices and k are checked here, before any op runs; values (NaN logits, indices
 out of range, repeated slots) are checked by whichever implementation runs. Both raise ValueError.
 
@@ -45,6 +51,11 @@ def _floating(name: str, t: Tensor, dim: int, layout: str) -> None:
         raise ValueError(f"{name} must be {dim}-D {layout}, got shape {tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+
+
+def _eager_cpu(op: str, t: Tensor):
+    """lumina._C's `op` with C++ autograd, for an eager (not traced) CPU tensor; else None."""
+    return backend.eager_kernel(f"{op}_autograd", t)
 
 
 def _is_meta(t: Tensor) -> bool:
@@ -113,7 +124,9 @@ def topk_route(logits: Tensor, top_k: int, capacity: int | None) -> Route:
     """
     ref.check_logits(logits, top_k)
     ref.check_capacity(capacity)
-    expert_index, weights, slot, probs = torch.ops.lumina.topk_route(logits, top_k, -1 if capacity is None else capacity)
+    fn = _eager_cpu("topk_route", logits)
+    op = torch.ops.lumina.topk_route if fn is None else fn
+    expert_index, weights, slot, probs = op(logits, top_k, -1 if capacity is None else capacity)
     return Route(expert_index, weights, slot, probs)
 
 
@@ -149,7 +162,8 @@ def dispatch_plan(expert_index: Tensor, slot: Tensor, num_experts: int) -> Dispa
     _same_device("slot", slot, "expert_index", expert_index)
     if num_experts < 1:
         raise ValueError(f"num_experts={num_experts} is invalid: must be >= 1")
-    token_index, assign_index, counts = torch.ops.lumina.dispatch_plan(expert_index, slot, num_experts)
+    fn = backend.eager_kernel("dispatch_plan", expert_index) or torch.ops.lumina.dispatch_plan
+    token_index, assign_index, counts = fn(expert_index, slot, num_experts)
     return DispatchPlan(token_index, assign_index, counts)
 
 
@@ -173,7 +187,8 @@ def expert_histogram(expert_index: Tensor, num_experts: int) -> Tensor:
         raise ValueError(f"expert_index must be an integer tensor, got dtype {expert_index.dtype}")
     if num_experts < 1:
         raise ValueError(f"num_experts={num_experts} is invalid: must be >= 1")
-    return torch.ops.lumina.expert_histogram(expert_index, num_experts)
+    fn = backend.eager_kernel("expert_histogram", expert_index) or torch.ops.lumina.expert_histogram
+    return fn(expert_index, num_experts)
 
 
 # Permute and unpermute.
@@ -225,7 +240,8 @@ def permute(x: Tensor, plan: DispatchPlan) -> Tensor:
         raise ValueError(f"x must be 2-D (tokens, hidden), got shape {tuple(x.shape)}")
     _index("plan.token_index", plan.token_index, 1, "(N,)")
     _same_device("plan.token_index", plan.token_index, "x", x)
-    return torch.ops.lumina.permute(x, plan.token_index)
+    fn = _eager_cpu("permute", x)
+    return (torch.ops.lumina.permute if fn is None else fn)(x, plan.token_index)
 
 
 def _check_plan_rows(token_index: Tensor, assign_index: Tensor, num_tokens: int, top_k: int) -> None:
@@ -297,7 +313,9 @@ def unpermute(y: Tensor, plan: DispatchPlan, weights: Tensor, num_tokens: int) -
     for name, t in (("plan.token_index", plan.token_index), ("plan.assign_index", plan.assign_index),
                     ("weights", weights)):
         _same_device(name, t, "y", y)
-    return torch.ops.lumina.unpermute(y, plan.token_index, plan.assign_index, weights, num_tokens)
+    fn = _eager_cpu("unpermute", y)
+    return (torch.ops.lumina.unpermute if fn is None else fn)(y, plan.token_index, plan.assign_index, weights,
+                                                               num_tokens)
 
 
 # Mixture-of-Depths selection, gather and scatter.
@@ -324,7 +342,8 @@ def mod_select(scores: Tensor, k: int) -> Tensor:
     T = scores.shape[1]
     if not 1 <= k <= T:
         raise ValueError(f"MoD k={k} is invalid: must be in [1, seq_len={T}]")
-    return torch.ops.lumina.mod_select(scores, k)
+    fn = backend.eager_kernel("mod_select", scores) or torch.ops.lumina.mod_select
+    return fn(scores, k)
 
 
 @torch.library.custom_op("lumina::gather_tokens", mutates_args=())
@@ -380,7 +399,8 @@ def _check_mod_index(x: Tensor, index: Tensor) -> None:
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     """(B, T, D) x (B, k) positions -> (B, k, D). Differentiable w.r.t. `x`."""
     _check_mod_index(x, index)
-    return torch.ops.lumina.gather_tokens(x, index)
+    fn = _eager_cpu("gather_tokens", x)
+    return (torch.ops.lumina.gather_tokens if fn is None else fn)(x, index)
 
 
 @torch.library.custom_op("lumina::scatter_tokens", mutates_args=())
@@ -426,4 +446,5 @@ def scatter_tokens(x: Tensor, index: Tensor, values: Tensor) -> Tensor:
     if values.dtype != x.dtype:
         raise ValueError(f"values has dtype {values.dtype} but x has {x.dtype}: they must match")
     _same_device("values", values, "x", x)
-    return torch.ops.lumina.scatter_tokens(x, index, values)
+    fn = _eager_cpu("scatter_tokens", x)
+    return (torch.ops.lumina.scatter_tokens if fn is None else fn)(x, index, values)

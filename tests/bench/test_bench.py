@@ -80,6 +80,43 @@ def test_smoke_repeats_the_hf_comparisons_at_the_extra_seed(smoke):
         assert r["loss_difference"] == r["loss_differences"][0]
 
 
+def test_smoke_times_every_system_side_by_side(smoke):
+    """Every mode has a speed trial of Lumina's trainer against its baselines, and the goals are
+    judged on its ratio."""
+    data = results.load(str(smoke / "results.json"))
+    trials = {(t["mode"], t["system"]): t for t in data["speed"]}
+    assert set(trials) == {("dense", "lumina"), ("dense", "hf-llama"), ("dense", "plain"), ("moe", "lumina"),
+                           ("moe", "hf-mixtral"), ("moe", "plain"), ("mod", "lumina"), ("mod", "plain"),
+                           ("hybrid", "lumina"), ("hybrid", "plain")}
+    for (mode, system), t in trials.items():
+        assert len(t["step_seconds"]) == t["rounds"] == 2 and all(s > 0 for s in t["step_seconds"])
+        assert (t["ratio"] is None) == (system == "lumina")
+        if system != "lumina":
+            ours = trials[(mode, "lumina")]["step_seconds"]
+            per_round = sorted(b / a for a, b in zip(ours, t["step_seconds"]))
+            assert t["ratio_min"] == pytest.approx(per_round[0]) and t["ratio_max"] == pytest.approx(per_round[-1])
+    for r in data["ratios"]:
+        assert r["side_by_side_ratio"] == trials[(r["mode"], r["baseline"])]["ratio"]
+        if r["goal"] is not None:
+            assert r["goal_met"] == (r["side_by_side_ratio"] >= r["goal"])
+    assert "### Speed, side by side" in (smoke / "benchmarks.md").read_text()
+
+
+def test_goals_are_judged_side_by_side_where_the_trial_ran():
+    from lumina.bench.runner import ratios
+
+    runs = [{"system": s, "size": "debug", "mode": "dense", "tokens_per_s": tps, "valid_loss": 5.0}
+            for s, tps in (("lumina", 100.0), ("hf-llama", 90.0))]
+    (without,) = ratios(runs)
+    assert without["ratio"] == pytest.approx(100 / 90) and not without["goal_met"]
+    trial = [{"size": "debug", "mode": "dense", "system": "hf-llama", "ratio": 1.25, "ratio_min": 1.1,
+              "ratio_max": 1.4}]
+    (judged,) = ratios(runs, speed=trial)
+    assert judged["ratio"] == pytest.approx(100 / 90)  # the full runs' ratio is still reported
+    assert judged["side_by_side_ratio"] == 1.25 and judged["side_by_side_range"] == [1.1, 1.4]
+    assert judged["goal_met"]
+
+
 def test_the_loss_verdict_is_on_the_mean_paired_difference_over_seeds():
     from lumina.bench.runner import ratios
 
@@ -175,6 +212,10 @@ def test_bad_bench_specs_are_refused_with_the_value():
         SizeRun("debug", 4096, 1, 64, modes=("sparse",))
     with pytest.raises(ValueError, match=r"loss_seeds=\(1, 1\) must be distinct integers"):
         SizeRun("debug", 4096, 1, 64, loss_seeds=(1, 1))
+    with pytest.raises(ValueError, match="speed_rounds=0 must be >= 1"):
+        SizeRun("debug", 4096, 1, 64, speed_rounds=0)
+    with pytest.raises(ValueError, match="speed_warmup=-1 must be >= 0"):
+        SizeRun("debug", 4096, 1, 64, speed_warmup=-1)
     with pytest.raises(ValueError, match="repeat the main seed 1234"):
         BenchSpec(sizes=(SizeRun("debug", 4096, 1, 64, loss_seeds=(1234,)),))
 

@@ -10,11 +10,11 @@ def test_doctor_reports_versions_and_a_backend_per_op(ext, capsys):
     assert info["extension"]["loaded"] is True
     assert set(info["routing_ops"]) == {"topk_route", "dispatch_plan", "permute", "unpermute",
                                         "expert_histogram", "mod_select", "gather_tokens", "scatter_tokens",
-                                        "rms_norm", "rope", "swiglu"}
+                                        "rms_norm", "rope", "swiglu", "expert_mlp"}
     assert all(where["cpu"].startswith("C++ kernel") for where in info["routing_ops"].values())
     assert "PyTorch ops (the fused kernels are CPU-only)" in info["routing_ops"]["rms_norm"]["cuda"]
     assert cli.main(["doctor", "--strict"]) == 0
-    assert "swiglu" in capsys.readouterr().out
+    assert "expert_mlp" in capsys.readouterr().out
 
 
 def test_doctor_strict_fails_on_the_reference(monkeypatch, capsys):

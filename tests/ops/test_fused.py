@@ -1,4 +1,4 @@
-"""Fused CPU RMSNorm, RoPE and SwiGLU: the kernels agree with the PyTorch expressions they replace, in the
+"""Fused CPU RMSNorm, RoPE, SwiGLU and MoE experts: the kernels agree with the PyTorch expressions they replace, in the
 forward and the backward, for every layout the model feeds them; anything the kernels do not take
 runs the expression; a missing build falls back with the one routing warning."""
 
@@ -101,6 +101,48 @@ def test_rope_gradcheck_and_norm_preserving(ext):
     torch.testing.assert_close(y.norm(dim=-1), x.detach().transpose(1, 2).norm(dim=-1))
 
 
+def _experts(dtype, counts, E=4, D=12, F=20):
+    torch.manual_seed(0)
+    xs = torch.randn(sum(counts), D).to(dtype).requires_grad_()
+    ws = [(torch.randn(*shape) * 0.3).to(dtype).requires_grad_() for shape in ((E, D, F), (E, D, F), (E, F, D))]
+    return xs, ws
+
+
+# Chunk layouts the model produces: every expert busy, idle experts (first, middle, last) and,
+# under expert parallel, one expert running several chunks (one per source rank).
+EXPERT_LAYOUTS = [([5, 3, 7, 2], None), ([0, 4, 0, 6], None), ([3, 0, 2, 0, 4, 1], [0, 1, 2, 0, 1, 2]),
+                  ([2, 5, 1, 3], [3, 3, 0, 3])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("counts,ids", EXPERT_LAYOUTS)
+def test_expert_mlp_matches_reference(ext, dtype, counts, ids):
+    xs, ws = _experts(dtype, counts)
+    g = torch.randn(xs.shape).to(dtype)
+    out, grads = _grads(lambda *a: fused.expert_mlp(*a, counts, ids), (xs, *ws), g)
+    want, want_grads = _grads(lambda *a: fused.expert_mlp_reference(*a, counts, ids), (xs, *ws), g)
+    assert "ExpertMLP" in out.grad_fn.name()  # the kernel ran
+    tol = {torch.bfloat16: (3e-2, 3e-2)}.get(dtype, TOL[dtype])
+    torch.testing.assert_close(out, want, rtol=tol[0], atol=tol[1])
+    for got, exp in zip(grads, want_grads):
+        torch.testing.assert_close(got, exp, rtol=tol[0], atol=tol[1])
+    used = {e for e, n in zip(ids or range(len(counts)), counts) if n > 0}
+    for e in set(range(ws[0].shape[0])) - used:  # an expert with no rows gets a zero gradient
+        assert all(not grad[e].any() for grad in grads[1:])
+
+
+def test_expert_mlp_gradcheck_and_no_tokens(ext):
+    xs, ws = _experts(torch.float64, [2, 0, 3], E=3, D=4, F=6)
+    assert torch.autograd.gradcheck(lambda *a: fused.expert_mlp(*a, [2, 0, 3]), (xs, *ws))
+    # No tokens at all (every token dropped or sent to another rank): an empty output that is still
+    # part of the graph, so the backward (and expert parallel's all-to-all in it) runs.
+    empty = xs[:0].detach().requires_grad_()
+    out = fused.expert_mlp(empty, *ws, [0, 0, 0])
+    assert out.shape == (0, 4) and out.grad_fn is not None
+    grads = torch.autograd.grad(out.sum(), [empty, *ws])
+    assert grads[0].shape == (0, 4) and all(not g.any() for g in grads[1:])
+
+
 def test_what_the_kernels_do_not_take_runs_the_expression(ext):
     x = torch.randn(2, 3, 4, 5, requires_grad=True)  # odd head_dim: no rotate-half kernel
     cos, sin = torch.randn(1, 4, 5), torch.randn(1, 4, 5)
@@ -120,6 +162,9 @@ def test_double_backward_is_an_error_not_a_silent_zero(ext):
     q, cos, sin = _rope_inputs(torch.float32, per_sequence=False)
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(fused.apply_rope(q.transpose(1, 2), cos, sin).pow(2).sum(), q, create_graph=True)
+    xs, ws = _experts(torch.float64, [2, 1, 1, 3])
+    with pytest.raises(RuntimeError, match="expert_mlp: double backward"):
+        torch.autograd.grad(fused.expert_mlp(xs, *ws, [2, 1, 1, 3]).pow(2).sum(), xs, create_graph=True)
 
 
 def test_forced_reference_is_the_expression_exactly(ext, monkeypatch):
@@ -142,6 +187,17 @@ def test_bad_input_to_the_kernels_names_it(ext):
         ext.rope_cpu(torch.randn(1, 1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 2, 3), False)
     with pytest.raises(ValueError, match="cos must have shape"):
         ext.rope_cpu(torch.randn(2, 1, 3, 4), torch.ones(3, 3, 4), torch.ones(3, 3, 4), False)
+    xs, (wg, wu, wd) = _experts(torch.float32, [2, 1, 1, 3])
+    with pytest.raises(ValueError, match="counts sum to 6 but xs has 7 rows"):
+        ext.expert_mlp_autograd_cpu(xs, wg, wu, wd, [2, 1, 1, 2], [])
+    with pytest.raises(ValueError, match=r"chunk 1 names expert 4: must be in \[0, 4\)"):
+        ext.expert_mlp_autograd_cpu(xs, wg, wu, wd, [2, 1, 1, 3], [0, 4, 1, 2])
+    with pytest.raises(ValueError, match="ids must name one expert per chunk"):
+        ext.expert_mlp_autograd_cpu(xs, wg, wu, wd, [2, 1, 1, 3], [0, 1])
+    with pytest.raises(ValueError, match=r"w_down must have shape \(4, 20, 12\)"):
+        ext.expert_mlp_autograd_cpu(xs, wg, wu, wu, [2, 1, 1, 3], [])
+    with pytest.raises(ValueError, match="expert weights must have xs's dtype"):
+        ext.expert_mlp_autograd_cpu(xs, wg.double(), wu, wd, [2, 1, 1, 3], [])
 
 
 def test_missing_build_falls_back_with_one_warning(monkeypatch):

@@ -1,13 +1,22 @@
 """Gradients: gradcheck in float64 through the C++ kernels, the kernels' gradients against autograd
 through the reference in fp32 and bf16, and the reference's closed-form backward functions against
-autograd through the reference forward."""
+autograd through the reference forward. The kernel tests run both ways the CPU kernels are reached:
+directly, with autograd in C++ (eager CPU tensors), and through the torch.library ops (what CUDA
+tensors and torch.compile use)."""
 
 import pytest
 import torch
 from torch.autograd import gradcheck
 
-from lumina.ops import routing
+from lumina.ops import backend, routing
 from lumina.ops import routing_reference as ref
+
+
+@pytest.fixture(params=["c++ autograd", "torch.library"])
+def path(request, monkeypatch):
+    if request.param == "torch.library":
+        monkeypatch.setattr(backend, "eager_kernel", lambda op, t: None)
+    return request.param
 
 
 def _route64(S=24, E=6, k=2, capacity=6, seed=0):
@@ -18,23 +27,24 @@ def _route64(S=24, E=6, k=2, capacity=6, seed=0):
 
 
 @pytest.mark.parametrize("k,capacity", [(1, None), (2, 6), (3, 4)])
-def test_gradcheck_topk_route(ext, k, capacity):
+def test_gradcheck_topk_route(ext, path, k, capacity):
     logits, _, _ = _route64(k=k)
     # Distinct random logits keep the selection fixed under gradcheck's perturbation.
     assert gradcheck(lambda l: routing.topk_route(l, k, capacity).weights, (logits,))
     assert gradcheck(lambda l: routing.topk_route(l, k, capacity).probs, (logits,))
 
 
-def test_gradcheck_permute_unpermute(ext):
+def test_gradcheck_permute_unpermute(ext, path):
     _, route, plan = _route64()
     x = torch.randn(24, 5, dtype=torch.float64, requires_grad=True)
+    assert ("PermuteFunction" in routing.permute(x, plan).grad_fn.name()) == (path == "c++ autograd")
     assert gradcheck(lambda x: routing.permute(x, plan), (x,))
     y = torch.randn(plan.token_index.numel(), 5, dtype=torch.float64, requires_grad=True)
     w = route.weights.detach().clone().requires_grad_()
     assert gradcheck(lambda y, w: routing.unpermute(y, plan, w, 24), (y, w))
 
 
-def test_gradcheck_gather_scatter(ext):
+def test_gradcheck_gather_scatter(ext, path):
     x = torch.randn(3, 12, 4, dtype=torch.float64, requires_grad=True)
     index = routing.mod_select(torch.randn(3, 12), 5)
     values = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
@@ -42,7 +52,7 @@ def test_gradcheck_gather_scatter(ext):
     assert gradcheck(lambda x, v: routing.scatter_tokens(x, index, v), (x, values))
 
 
-def test_gather_backward_adds_repeated_positions(ext):
+def test_gather_backward_adds_repeated_positions(ext, path):
     x = torch.randn(1, 4, 3, requires_grad=True)
     index = torch.tensor([[2, 2, 0]])
     (grad,) = torch.autograd.grad(routing.gather_tokens(x, index).sum(), x)
@@ -62,7 +72,7 @@ def _moe_loss(r, logits, x, dtype):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
-def test_kernel_gradients_match_reference_autograd(ext, dtype, tol):
+def test_kernel_gradients_match_reference_autograd(ext, path, dtype, tol):
     torch.manual_seed(0)
     logits0 = torch.randn(64, 8).to(dtype)
     x0 = torch.randn(64, 16).to(dtype)
@@ -75,7 +85,7 @@ def test_kernel_gradients_match_reference_autograd(ext, dtype, tol):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * scale)
 
 
-def test_mod_gradients_match_reference_autograd(ext):
+def test_mod_gradients_match_reference_autograd(ext, path):
     torch.manual_seed(1)
     x0 = torch.randn(2, 16, 8)
     index = routing.mod_select(torch.randn(2, 16), 6)
@@ -86,6 +96,13 @@ def test_mod_gradients_match_reference_autograd(ext):
         out = module.scatter_tokens(x, index, xs * 3.0)
         grads[name] = torch.autograd.grad((out * torch.arange(out.numel()).view_as(out)).sum(), x)[0]
     assert torch.equal(grads["kernel"], grads["reference"])
+
+
+def test_double_backward_through_the_cpp_autograd_is_an_error(ext):
+    x = torch.randn(2, 8, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([[1, 4], [0, 7]])
+    with pytest.raises(RuntimeError, match="gather_tokens: double backward"):
+        torch.autograd.grad(routing.gather_tokens(x, index).pow(2).sum(), x, create_graph=True)
 
 
 def test_reference_backward_functions_equal_autograd():
