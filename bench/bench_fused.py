@@ -1,5 +1,6 @@
-"""Fused CPU RMSNorm, RoPE and SwiGLU against the PyTorch expressions they replace: forward+backward at a
-preset's shapes, both through autograd as the model calls them. Prints a table; run:
+"""Fused CPU RMSNorm, RoPE, SwiGLU and MoE experts against the PyTorch expressions they replace, and the
+routing ops' C++ autograd against their torch.library ops: forward+backward at a preset's shapes, both
+through autograd as the model calls them. Prints a table; run:
 
     python bench/bench_fused.py [--preset debug] [--batch 8] [--iters 9]
 """
@@ -13,7 +14,7 @@ import time
 import torch
 
 from lumina.model.layers import rope_tables
-from lumina.ops import backend, fused
+from lumina.ops import backend, fused, routing
 from lumina.presets import get_preset
 
 
@@ -44,6 +45,27 @@ def main() -> None:
     cos, sin = (t[None] for t in rope_tables(T, hd, cfg.rope_theta))
     F = cfg.ffn_hidden_size
     gate, up = torch.randn(B, T, F, requires_grad=True), torch.randn(B, T, F, requires_grad=True)
+    # MoE at the moe preset's router: B*T tokens, top-k of E experts, capacity factor 1.25.
+    moe = get_preset(args.preset, "moe").moe
+    S, E, k = B * T, moe.num_experts, moe.top_k
+    capacity = routing.expert_capacity(S, E, k, moe.capacity_factor_train)
+    logits = torch.randn(S, E, requires_grad=True)
+    tokens = torch.randn(S, D, requires_grad=True)
+    counts = [S * k // E] * E
+    xs = torch.randn(sum(counts), D, requires_grad=True)
+    ws = [(torch.randn(*shape) * 0.1).requires_grad_() for shape in ((E, D, F), (E, D, F), (E, F, D))]
+
+    def route_front():
+        r = routing.topk_route(logits, k, capacity)
+        plan = routing.dispatch_plan(r.expert_index, r.slot, E)
+        return routing.unpermute(routing.permute(tokens, plan), plan, r.weights, S)
+
+    def route_library():
+        expert_index, weights, slot, _ = torch.ops.lumina.topk_route(logits, k, capacity)
+        token_index, assign_index, _ = torch.ops.lumina.dispatch_plan(expert_index, slot, E)
+        permuted = torch.ops.lumina.permute(tokens, token_index)
+        return torch.ops.lumina.unpermute(permuted, token_index, assign_index, weights, S)
+
     cases = {
         f"RMSNorm ({B}, {T}, {D})": (torch.randn(B, T, D),
                                      lambda: fused.rms_norm(x, w, cfg.norm_eps),
@@ -54,9 +76,16 @@ def main() -> None:
         f"SwiGLU ({B}, {T}, {F})": (torch.randn(B, T, F),
                                     lambda: fused.swiglu(gate, up),
                                     lambda: fused.swiglu_reference(gate, up)),
+        f"MoE experts ({E} x {D}-{F}-{D})": (torch.randn(sum(counts), D),
+                                             lambda: fused.expert_mlp(xs, *ws, counts),
+                                             lambda: fused.expert_mlp_reference(xs, *ws, counts)),
+        # Same kernels both ways: what the C++ autograd saves is the torch.library glue.
+        f"MoE routing ({S} x {E}, k={k})": (torch.randn(S, D), route_front, route_library),
     }
     print(f"threads={torch.get_num_threads()} preset={args.preset} ({args.iters} interleaved rounds of "
           f"{args.calls} forward+backward calls; median per-round speedup)")
+    print("(MoE routing: route, plan, permute and unpermute; its 'expression' column is the same kernels "
+          "through their torch.library ops)")
     print(f"{'op':<28} {'expression':>12} {'kernel':>10} {'speedup':>8}")
     for name, (grad, kernel, expression) in cases.items():
         for fn in (kernel, expression):  # warm-up

@@ -1,18 +1,19 @@
 // The MoE experts' SwiGLU MLPs, all of them in one autograd node on CPU (see fused.h).
 //
 // Tokens arrive in expert-contiguous order, so expert e's input is one contiguous block of rows
-// and each matmul writes straight into its block of a shared output (no split, no cat). The SwiGLU
-// gate runs once over every expert's rows together. The backward writes each expert's weight
-// gradient into its slice of one stacked gradient. Per expert and step this replaces about twenty
-// torch ops and four autograd nodes, each a dispatch and, for the nodes, a trip through the engine,
-// with three matmuls each way: at the debug width those costs were larger than the matmuls.
+// and each matmul writes straight into its block of a shared output (no split, no cat). The
+// backward writes each expert's weight gradient into its slice of one stacked gradient. Per expert
+// and step this replaces about twenty torch ops and four autograd nodes, each a dispatch and, for
+// the nodes, a trip through the engine (docs/kernels.md has the measurements).
 #include "check.h"
 #include "fused.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -59,7 +60,28 @@ std::vector<Chunk> chunks_of(const at::Tensor& xs, const at::Tensor& w_gate, con
   return out;
 }
 
+// Runs fn(first, last) over [0, n) experts (or chunks). With at least as many as there are threads,
+// each thread takes whole experts and their matmuls run single-threaded: at the debug width, where
+// one expert's matmul is too small to split well, that was 1.33x faster forward plus backward than
+// splitting every matmul across the threads (bench/bench_fused.py, 2 threads, 8 experts). With
+// fewer, the experts go one after another and each matmul uses every thread.
+template <typename Fn>
+void over_experts(int64_t n, const Fn& fn) {
+  if (n >= at::get_num_threads() && !at::in_parallel_region()) {
+    at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
+      at::NoGradGuard no_grad;  // grad mode is per thread, and on in the pool's threads
+      fn(first, last);
+    });
+  } else {
+    fn(0, n);
+  }
+}
+
 struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
+  // Expert by expert, the whole MLP at once: its (rows, F) intermediates are still in cache when
+  // the next matmul reads them. (Running each matmul for all experts before the next, with SwiGLU
+  // once over all rows, was 4% slower forward and 18% slower forward plus backward at the debug
+  // width than the per-expert torch ops.) Chunks write disjoint rows, so they can run in parallel.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& xs_in, const at::Tensor& w_gate,
                             const at::Tensor& w_up, const at::Tensor& w_down, std::vector<int64_t> counts,
                             std::vector<int64_t> ids) {
@@ -67,22 +89,25 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const auto chunks = chunks_of(xs_in, w_gate, w_up, w_down, counts, ids);
     const at::Tensor xs = xs_in.contiguous();
     const int64_t N = xs.size(0), D = xs.size(1), F = w_gate.size(2);
-    at::Tensor a = at::empty({N, F}, xs.options());
-    at::Tensor b = at::empty({N, F}, xs.options());
-    for (const Chunk& c : chunks) {
-      const at::Tensor x = xs.narrow(0, c.begin, c.rows);
-      auto a_c = a.narrow(0, c.begin, c.rows);
-      auto b_c = b.narrow(0, c.begin, c.rows);
-      at::mm_out(a_c, x, w_gate[c.expert]);
-      at::mm_out(b_c, x, w_up[c.expert]);
-    }
-    auto hs = swiglu_forward_cpu(a, b);  // (h, sigmoid(a)) for every expert's rows at once
+    // Kept for the backward: the gate and up projections, sigmoid(gate) and the SwiGLU output,
+    // as the per-expert torch ops would keep them.
+    at::Tensor a = at::empty({N, F}, xs.options()), b = at::empty({N, F}, xs.options());
+    at::Tensor h = at::empty({N, F}, xs.options()), sig = at::empty({N, F}, xs.options());
     at::Tensor ys = at::empty({N, D}, xs.options());
-    for (const Chunk& c : chunks) {
-      auto y_c = ys.narrow(0, c.begin, c.rows);
-      at::mm_out(y_c, hs[0].narrow(0, c.begin, c.rows), w_down[c.expert]);
-    }
-    ctx->save_for_backward({xs, w_gate, w_up, w_down, a, b, hs[0], hs[1]});
+    over_experts(static_cast<int64_t>(chunks.size()), [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) {
+        const Chunk& c = chunks[i];
+        const at::Tensor x = xs.narrow(0, c.begin, c.rows);
+        at::Tensor a_c = a.narrow(0, c.begin, c.rows), b_c = b.narrow(0, c.begin, c.rows);
+        at::Tensor h_c = h.narrow(0, c.begin, c.rows), s_c = sig.narrow(0, c.begin, c.rows);
+        at::Tensor y_c = ys.narrow(0, c.begin, c.rows);
+        at::mm_out(a_c, x, w_gate[c.expert]);
+        at::mm_out(b_c, x, w_up[c.expert]);
+        swiglu_forward_out(a_c, b_c, h_c, s_c);
+        at::mm_out(y_c, h_c, w_down[c.expert]);
+      }
+    });
+    ctx->save_for_backward({xs, w_gate, w_up, w_down, a, b, h, sig});
     ctx->saved_data["counts"] = counts;
     ctx->saved_data["ids"] = ids;
     return ys;
@@ -99,28 +124,40 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     const auto chunks = chunks_of(xs, w_gate, w_up, w_down, ctx->saved_data["counts"].toIntVector(),
                                   ctx->saved_data["ids"].toIntVector());
     const at::Tensor dy = grads[0].contiguous();
-    // Zeros, then accumulate: an expert with no rows gets a zero gradient, and under expert
-    // parallel one expert runs several chunks (one per source rank).
-    at::Tensor g_gate = at::zeros_like(w_gate), g_up = at::zeros_like(w_up), g_down = at::zeros_like(w_down);
-    at::Tensor dh = at::empty_like(h);
-    for (const Chunk& c : chunks) {
-      const at::Tensor dy_c = dy.narrow(0, c.begin, c.rows);
-      auto dh_c = dh.narrow(0, c.begin, c.rows);
-      at::mm_out(dh_c, dy_c, w_down[c.expert].t());
-      g_down[c.expert].addmm_(h.narrow(0, c.begin, c.rows).t(), dy_c);
-    }
-    auto dab = swiglu_backward_cpu(dh, a, b, sig);
+    const int64_t E = w_gate.size(0), F = w_gate.size(2);
+    at::Tensor g_gate = at::empty_like(w_gate), g_up = at::empty_like(w_up), g_down = at::empty_like(w_down);
     at::Tensor dx = at::empty_like(xs);
-    for (const Chunk& c : chunks) {
-      const at::Tensor x_c = xs.narrow(0, c.begin, c.rows);
-      const at::Tensor da_c = dab[0].narrow(0, c.begin, c.rows);
-      const at::Tensor db_c = dab[1].narrow(0, c.begin, c.rows);
-      auto dx_c = dx.narrow(0, c.begin, c.rows);
-      at::mm_out(dx_c, da_c, w_gate[c.expert].t());
-      dx_c.addmm_(db_c, w_up[c.expert].t());
-      g_gate[c.expert].addmm_(x_c.t(), da_c);
-      g_up[c.expert].addmm_(x_c.t(), db_c);
-    }
+    // Grouped by expert, so that one thread owns each expert's weight gradients.
+    std::vector<std::vector<Chunk>> by_expert(E);
+    for (const Chunk& c : chunks) by_expert[c.expert].push_back(c);
+    over_experts(E, [&](int64_t first, int64_t last) {
+      for (int64_t e = first; e < last; ++e) {
+        at::Tensor gg = g_gate[e], gu = g_up[e], gd = g_down[e];
+        if (by_expert[e].empty()) {
+          gg.zero_();
+          gu.zero_();
+          gd.zero_();
+          continue;
+        }
+        double beta = 0.0;
+        for (const Chunk& c : by_expert[e]) {
+          const at::Tensor x_c = xs.narrow(0, c.begin, c.rows), dy_c = dy.narrow(0, c.begin, c.rows);
+          const at::Tensor h_c = h.narrow(0, c.begin, c.rows);
+          at::Tensor dh_c = at::empty({c.rows, F}, xs.options()), da_c = at::empty({c.rows, F}, xs.options()),
+                     db_c = at::empty({c.rows, F}, xs.options());
+          at::Tensor dx_c = dx.narrow(0, c.begin, c.rows);
+          at::mm_out(dh_c, dy_c, w_down[e].t());
+          at::addmm_out(gd, gd, h_c.t(), dy_c, beta);
+          swiglu_backward_out(dh_c, a.narrow(0, c.begin, c.rows), b.narrow(0, c.begin, c.rows),
+                              sig.narrow(0, c.begin, c.rows), da_c, db_c);
+          at::mm_out(dx_c, da_c, w_gate[e].t());
+          dx_c.addmm_(db_c, w_up[e].t());
+          at::addmm_out(gg, gg, x_c.t(), da_c, beta);
+          at::addmm_out(gu, gu, x_c.t(), db_c, beta);
+          beta = 1.0;
+        }
+      }
+    });
     return {dx, g_gate, g_up, g_down, at::Tensor(), at::Tensor()};
   }
 };

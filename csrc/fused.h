@@ -21,6 +21,11 @@ std::vector<at::Tensor> swiglu_forward_cpu(const at::Tensor& gate, const at::Ten
 // -> (grad_gate, grad_up)
 std::vector<at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_y, const at::Tensor& gate, const at::Tensor& up,
                                             const at::Tensor& sigmoid_gate);
+// The same on contiguous tensors of one shape and dtype, into outputs the caller allocated (for the
+// experts' MLP, which runs them on each expert's block of rows); unchecked.
+void swiglu_forward_out(const at::Tensor& gate, const at::Tensor& up, at::Tensor& y, at::Tensor& sigmoid_gate);
+void swiglu_backward_out(const at::Tensor& grad_y, const at::Tensor& gate, const at::Tensor& up,
+                         const at::Tensor& sigmoid_gate, at::Tensor& grad_gate, at::Tensor& grad_up);
 // Rotate-half RoPE of x (B, H, T, hd) (any strides but the last, which must be 1) with cos and sin
 // (B or 1, T, hd) in fp32; returns a contiguous tensor. transpose=true applies the rotation's
 // transpose, which is the backward.

@@ -136,15 +136,9 @@ _Pragma("omp simd")
   return {dx, dw};
 }
 
-std::vector<at::Tensor> swiglu_forward_cpu(const at::Tensor& gate_in, const at::Tensor& up_in) {
-  RECORD_FUNCTION("lumina::swiglu_forward", std::vector<c10::IValue>());
-  require_float(gate_in, "gate");
-  require_same(gate_in, "gate", up_in, "up");
-  const at::Tensor a = gate_in.contiguous();
-  const at::Tensor b = up_in.contiguous();
+void swiglu_forward_out(const at::Tensor& a, const at::Tensor& b, at::Tensor& y, at::Tensor& sig) {
   // torch's sigmoid is vectorised with its own exp; everything else is one pass here.
-  at::Tensor sig = at::sigmoid(a);
-  at::Tensor y = at::empty_like(a);
+  at::sigmoid_out(sig, a);
   const int64_t n = a.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "swiglu_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -157,21 +151,10 @@ _Pragma("omp simd")
       for (int64_t i = begin; i < end; ++i) yp[i] = scalar_t(acc_t(ap[i]) * acc_t(sp[i]) * acc_t(bp[i]));
     });
   });
-  return {y, sig};
 }
 
-std::vector<at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_y, const at::Tensor& gate_in,
-                                            const at::Tensor& up_in, const at::Tensor& sig_in) {
-  RECORD_FUNCTION("lumina::swiglu_backward", std::vector<c10::IValue>());
-  require_same(gate_in, "gate", up_in, "up");
-  require_same(gate_in, "gate", grad_y, "grad_y");
-  require_same(gate_in, "gate", sig_in, "sigmoid(gate)");
-  const at::Tensor a = gate_in.contiguous();
-  const at::Tensor b = up_in.contiguous();
-  const at::Tensor s = sig_in.contiguous();
-  const at::Tensor dy = grad_y.contiguous();
-  at::Tensor da = at::empty_like(a);
-  at::Tensor db = at::empty_like(b);
+void swiglu_backward_out(const at::Tensor& dy, const at::Tensor& a, const at::Tensor& b, const at::Tensor& s,
+                         at::Tensor& da, at::Tensor& db) {
   const int64_t n = a.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "swiglu_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -190,6 +173,33 @@ _Pragma("omp simd")
       }
     });
   });
+}
+
+std::vector<at::Tensor> swiglu_forward_cpu(const at::Tensor& gate_in, const at::Tensor& up_in) {
+  RECORD_FUNCTION("lumina::swiglu_forward", std::vector<c10::IValue>());
+  require_float(gate_in, "gate");
+  require_same(gate_in, "gate", up_in, "up");
+  const at::Tensor a = gate_in.contiguous();
+  const at::Tensor b = up_in.contiguous();
+  at::Tensor sig = at::empty_like(a);
+  at::Tensor y = at::empty_like(a);
+  swiglu_forward_out(a, b, y, sig);
+  return {y, sig};
+}
+
+std::vector<at::Tensor> swiglu_backward_cpu(const at::Tensor& grad_y, const at::Tensor& gate_in,
+                                            const at::Tensor& up_in, const at::Tensor& sig_in) {
+  RECORD_FUNCTION("lumina::swiglu_backward", std::vector<c10::IValue>());
+  require_same(gate_in, "gate", up_in, "up");
+  require_same(gate_in, "gate", grad_y, "grad_y");
+  require_same(gate_in, "gate", sig_in, "sigmoid(gate)");
+  const at::Tensor a = gate_in.contiguous();
+  const at::Tensor b = up_in.contiguous();
+  const at::Tensor s = sig_in.contiguous();
+  const at::Tensor dy = grad_y.contiguous();
+  at::Tensor da = at::empty_like(a);
+  at::Tensor db = at::empty_like(b);
+  swiglu_backward_out(dy, a, b, s, da, db);
   return {da, db};
 }
 

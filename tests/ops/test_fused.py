@@ -111,7 +111,7 @@ def _experts(dtype, counts, E=4, D=12, F=20):
 # Chunk layouts the model produces: every expert busy, idle experts (first, middle, last) and,
 # under expert parallel, one expert running several chunks (one per source rank).
 EXPERT_LAYOUTS = [([5, 3, 7, 2], None), ([0, 4, 0, 6], None), ([3, 0, 2, 0, 4, 1], [0, 1, 2, 0, 1, 2]),
-                  ([2, 5, 1, 3], [3, 3, 0, 3])]
+                  ([2, 5, 1, 3], [3, 3, 0, 3]), ([7], None)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -129,6 +129,18 @@ def test_expert_mlp_matches_reference(ext, dtype, counts, ids):
     used = {e for e, n in zip(ids or range(len(counts)), counts) if n > 0}
     for e in set(range(ws[0].shape[0])) - used:  # an expert with no rows gets a zero gradient
         assert all(not grad[e].any() for grad in grads[1:])
+
+
+@pytest.mark.parametrize("threads", [1, 16])
+def test_expert_mlp_with_more_or_fewer_threads_than_experts(ext, threads):
+    """The kernel runs experts on separate threads when there are at least as many experts as
+    threads, and one after another otherwise: both give the expression's results."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        test_expert_mlp_matches_reference(ext, torch.float64, [5, 0, 7, 2, 6], [0, 1, 2, 3, 0])
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_expert_mlp_gradcheck_and_no_tokens(ext):
