@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/GradMode.h>
 
 #include <sstream>
 #include <stdexcept>
@@ -48,6 +49,15 @@ inline void require_range(const int64_t* p, int64_t n, int64_t low, int64_t high
                           const std::string& accepted) {
   int64_t bad = first_out_of_range(p, n, low, high);
   if (bad >= 0) fail(name, " holds ", p[bad], " at flat position ", bad, ": must be in ", accepted);
+}
+
+// For the backward of a C++ autograd function, which is not itself differentiable: with
+// create_graph=True (grad mode on in the backward) its outputs would silently carry no graph, so
+// that is an error instead.
+inline void no_double_backward(const char* op) {
+  if (c10::GradMode::is_enabled())
+    fail(op, ": double backward (create_graph=True) is not supported by lumina._C's C++ autograd; "
+         "set LUMINA_ROUTING_BACKEND=reference to differentiate twice");
 }
 
 }  // namespace lumina

@@ -115,9 +115,7 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     RECORD_FUNCTION("lumina::expert_mlp_backward", std::vector<c10::IValue>());
-    if (at::GradMode::is_enabled())
-      fail("expert_mlp: double backward (create_graph=True) is not supported by the fused CPU kernel; "
-           "set LUMINA_ROUTING_BACKEND=reference to differentiate twice");
+    no_double_backward("expert_mlp");
     const auto s = ctx->get_saved_variables();
     const at::Tensor &xs = s[0], &w_gate = s[1], &w_up = s[2], &w_down = s[3], &a = s[4], &b = s[5], &h = s[6],
                      &sig = s[7];

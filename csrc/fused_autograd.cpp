@@ -12,14 +12,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-// The backward kernels are not differentiable: with create_graph=True (grad mode on in the
-// backward) their outputs would silently carry no graph, so that is an error instead.
-void no_double_backward(const char* op) {
-  if (at::GradMode::is_enabled())
-    fail(op, ": double backward (create_graph=True) is not supported by the fused CPU kernel; "
-         "set LUMINA_ROUTING_BACKEND=reference to differentiate twice");
-}
-
 struct RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
     auto out = rms_norm_forward_cpu(x, weight, eps);

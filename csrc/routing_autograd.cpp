@@ -17,12 +17,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-void no_double_backward(const char* op) {
-  if (at::GradMode::is_enabled())
-    fail(op, ": double backward (create_graph=True) is not supported by the C++ autograd of the routing "
-         "kernels; set LUMINA_ROUTING_BACKEND=reference to differentiate twice");
-}
-
 struct TopkRouteFunction : public torch::autograd::Function<TopkRouteFunction> {
   static tensor_list forward(AutogradContext* ctx, const at::Tensor& logits, int64_t top_k, int64_t capacity) {
     auto out = topk_route_cpu(logits, top_k, capacity);  // expert_index, weights, slot, probs
