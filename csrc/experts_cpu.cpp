@@ -61,10 +61,11 @@ std::vector<Chunk> chunks_of(const at::Tensor& xs, const at::Tensor& w_gate, con
 }
 
 // Runs fn(first, last) over [0, n) experts (or chunks). With at least as many as there are threads,
-// each thread takes whole experts and their matmuls run single-threaded: at the debug width, where
-// one expert's matmul is too small to split well, that was 1.33x faster forward plus backward than
-// splitting every matmul across the threads (bench/bench_fused.py, 2 threads, 8 experts). With
-// fewer, the experts go one after another and each matmul uses every thread.
+// each thread takes whole experts and their matmuls run single-threaded: at the debug width one
+// expert's matmul is too small to split well. Against the per-expert torch ops, forward plus
+// backward (2 threads, 8 experts), this took 14.6 against 16.8 ms, and experts one after another
+// with every matmul split over the threads 21.3 against 23.2 ms, in separate runs (docs/kernels.md).
+// With fewer experts than threads, they go one after another and each matmul uses every thread.
 template <typename Fn>
 void over_experts(int64_t n, const Fn& fn) {
   if (n >= at::get_num_threads() && !at::in_parallel_region()) {

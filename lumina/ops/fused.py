@@ -9,11 +9,12 @@ The PyTorch expressions below (`*_reference`) are the specification and what run
 torch's own kernels are cheap next to the matmuls), under `torch.compile` (Inductor fuses them
 itself), with LUMINA_ROUTING_BACKEND=reference, and when the extension is missing (one warning, from
 `lumina.ops.backend`). The kernels agree with them within the tolerances in tests/ops/test_fused.py.
+Autograd for the kernels is C++ (csrc/fused_autograd.cpp, csrc/experts_cpu.cpp), so their backward
+never enters Python; double backward through them is not supported (nothing in training needs it).
 
 The experts' MLPs (`expert_mlp`) are matmuls, which torch does well; what the kernel removes is the
-per-expert Python loop around them: about twenty ops and four autograd nodes per expert and step.
-Autograd for the kernels is C++ (csrc/fused_autograd.cpp), so their backward never enters Python;
-double backward through them is not supported (nothing in training needs it).
+per-expert Python loop around them (about twenty ops and four autograd nodes per expert and step),
+and it keeps each expert's intermediates in cache between its matmuls.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ specification) when no kernel serves the tensor. The choice never changes a resu
 (expert ids, slots, orderings); floats agree within the tolerances in docs/kernels.md.
 
 For eager CPU tensors every op skips torch.library and calls `lumina._C` directly, the
-differentiable ones with their autograd in C++ (`*_autograd_cpu`): a custom op's Python dispatch
-and autograd glue cost about three times the kernels' own time in an MoE layer of the debug model
-(docs/kernels.md). Results and gradients are the same either way; double backward through the C++
+differentiable ones with their autograd in C++ (`*_autograd_cpu`): with a custom op's Python
+dispatch and autograd glue, an MoE layer's route, plan, permute and unpermute took 2.4 ms forward
+plus backward at the debug width, against 1.5 ms direct, with the same kernels (docs/kernels.md). Results and gradients are the same either way; double backward through the C++
 autograd raises.
 
 Shapes, dtypes, devices and k are checked here, before any op runs; values (NaN logits, indices
