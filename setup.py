@@ -21,6 +21,7 @@ import sys
 from setuptools import setup
 
 CPU_SOURCES = ["csrc/routing_cpu.cpp", "csrc/routing_autograd.cpp", "csrc/fused_cpu.cpp", "csrc/fused_autograd.cpp", "csrc/experts_cpu.cpp",
+               "csrc/attention_cpu.cpp", "csrc/loss_cpu.cpp", "csrc/router_losses_cpu.cpp",
                "csrc/bindings.cpp"]
 CUDA_SOURCES = ["csrc/routing_cuda.cpp", "csrc/routing_cuda_kernels.cu"]
 # -g0 drops the debug info that Python's own CFLAGS ask for (slow to compile, unused); -ffp-contract=off:

@@ -1,5 +1,5 @@
-"""Fused CPU RMSNorm, RoPE, SwiGLU and MoE experts against the PyTorch expressions they replace, and the
-routing ops' C++ autograd against their torch.library ops: forward+backward at a preset's shapes, both
+"""Fused CPU RMSNorm, RoPE, SwiGLU, MoE experts, causal attention, cross-entropy and the MoE router
+losses against the PyTorch expressions they replace, and the routing ops' C++ autograd against their torch.library ops: forward+backward at a preset's shapes, both
 through autograd as the model calls them. Prints a table; run:
 
     python bench/bench_fused.py [--preset debug] [--batch 8] [--iters 9]
@@ -14,7 +14,7 @@ import time
 import torch
 
 from lumina.model.layers import rope_tables
-from lumina.ops import backend, fused, routing
+from lumina.ops import backend, fused, routing, routing_reference
 from lumina.presets import get_preset
 
 
@@ -51,7 +51,26 @@ def main() -> None:
     capacity = routing.expert_capacity(S, E, k, moe.capacity_factor_train)
     logits = torch.randn(S, E, requires_grad=True)
     tokens = torch.randn(S, D, requires_grad=True)
+    # Attention as the model calls it: q and v transposed views, k contiguous (RoPE's output).
+    kv = cfg.num_kv_heads
+    aq = torch.randn(B, T, H, hd).transpose(1, 2).requires_grad_()
+    ak = torch.randn(B, kv, T, hd, requires_grad=True)
+    av = torch.randn(B, T, kv, hd).transpose(1, 2).requires_grad_()
+    # The loss over the LM head's logits: one row per predicted token of a micro-batch.
+    lm = torch.randn(B * T, cfg.vocab_size, requires_grad=True)
+    labels = torch.randint(0, cfg.vocab_size, (B * T,))
     counts = [S * k // E] * E
+    # The router losses at the moe preset's router, on one fixed route.
+    route = routing.topk_route(logits, k, capacity)
+    probs, chosen = route.probs.detach().requires_grad_(), route.expert_index
+
+    def router_losses():
+        balance, z = fused.router_losses(logits, probs, chosen)
+        return moe.aux_loss_coef * balance + moe.z_loss_coef * z
+
+    def router_losses_expression():
+        return (moe.aux_loss_coef * routing_reference.switch_balance_loss(probs, chosen)
+                + moe.z_loss_coef * routing_reference.router_z_loss(logits))
     xs = torch.randn(sum(counts), D, requires_grad=True)
     ws = [(torch.randn(*shape) * 0.1).requires_grad_() for shape in ((E, D, F), (E, D, F), (E, F, D))]
 
@@ -79,6 +98,13 @@ def main() -> None:
         f"MoE experts ({E} x {D}-{F}-{D})": (torch.randn(sum(counts), D),
                                              lambda: fused.expert_mlp(xs, *ws, counts),
                                              lambda: fused.expert_mlp_reference(xs, *ws, counts)),
+        f"attention ({B}, {H}/{kv}, {T}, {hd})": (torch.randn(B, H, T, hd),
+                                                  lambda: fused.causal_attention(aq, ak, av),
+                                                  lambda: fused.causal_attention_reference(aq, ak, av)),
+        f"cross-entropy ({B * T}, {cfg.vocab_size})": (torch.tensor(1.0),
+                                                     lambda: fused.cross_entropy(lm, labels),
+                                                     lambda: fused.cross_entropy_reference(lm, labels)),
+        f"MoE router losses ({S} x {E})": (torch.tensor(1.0), router_losses, router_losses_expression),
         # Same kernels both ways: what the C++ autograd saves is the torch.library glue.
         f"MoE routing ({S} x {E}, k={k})": (torch.randn(S, D), route_front, route_library),
     }

@@ -47,6 +47,8 @@ PYBIND11_MODULE(_C, m) {
   def(m, "unpermute_autograd_cpu", &lumina::unpermute_autograd_cpu, "unpermute, differentiable");
   def(m, "gather_tokens_autograd_cpu", &lumina::gather_tokens_autograd_cpu, "gather_tokens, differentiable");
   def(m, "scatter_tokens_autograd_cpu", &lumina::scatter_tokens_autograd_cpu, "scatter_tokens, differentiable");
+  def(m, "router_losses_autograd_cpu", &lumina::router_losses_autograd_cpu,
+      "the MoE balance and z-losses, differentiable");
   def(m, "rms_norm_forward_cpu", &lumina::rms_norm_forward_cpu, "RMSNorm and its per-row rstd");
   def(m, "rms_norm_backward_cpu", &lumina::rms_norm_backward_cpu, "gradients of RMSNorm");
   def(m, "rope_cpu", &lumina::rope_cpu, "rotate-half RoPE, or its transpose");
@@ -57,6 +59,11 @@ PYBIND11_MODULE(_C, m) {
   def(m, "swiglu_autograd_cpu", &lumina::swiglu_autograd_cpu, "silu(gate) * up, differentiable");
   def(m, "expert_mlp_autograd_cpu", &lumina::expert_mlp_autograd_cpu,
       "every MoE expert's SwiGLU MLP on its chunk of expert-ordered tokens, differentiable");
+  m.attr("HAS_BLAS_GEMM") = lumina::blas_gemm_available();
+  def(m, "causal_attention_autograd_cpu", &lumina::causal_attention_autograd_cpu,
+      "causal grouped-query attention, differentiable");
+  def(m, "cross_entropy_autograd_cpu", &lumina::cross_entropy_autograd_cpu,
+      "mean cross-entropy of logits against labels, differentiable");
 
 #ifdef LUMINA_WITH_CUDA
   m.attr("HAS_CUDA") = true;

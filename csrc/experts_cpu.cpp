@@ -60,22 +60,39 @@ std::vector<Chunk> chunks_of(const at::Tensor& xs, const at::Tensor& w_gate, con
   return out;
 }
 
-// Runs fn(first, last) over [0, n) experts (or chunks). With at least as many as there are threads,
-// each thread takes whole experts and their matmuls run single-threaded: at the debug width one
-// expert's matmul is too small to split well. Against the per-expert torch ops, forward plus
-// backward (2 threads, 8 experts), this took 14.6 against 16.8 ms, and experts one after another
-// with every matmul split over the threads 21.3 against 23.2 ms, in separate runs (docs/kernels.md).
-// With fewer experts than threads, they go one after another and each matmul uses every thread.
+// Runs fn(i) for every item i (an expert, or a chunk of one) with rows[i] rows. With at least as
+// many items as there are threads, each thread takes whole items and their matmuls run
+// single-threaded: at the debug width one expert's matmul is too small to split well. Against the
+// per-expert torch ops, forward plus backward (2 threads, 8 experts), this took 14.6 against
+// 16.8 ms, and experts one after another with every matmul split over the threads 21.3 against
+// 23.2 ms, in separate runs (docs/kernels.md). With fewer items than threads, they go one after
+// another and each matmul uses every thread.
+//
+// Items go to threads by rows, largest first, each to the least loaded thread (the LPT rule), not
+// in index order: routed loads are uneven (in a debug MoE run, the first four experts of a layer
+// had 770 rows and the last four 1,216), and the threads wait for the slowest.
 template <typename Fn>
-void over_experts(int64_t n, const Fn& fn) {
-  if (n >= at::get_num_threads() && !at::in_parallel_region()) {
-    at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
-      at::NoGradGuard no_grad;  // grad mode is per thread, and on in the pool's threads
-      fn(first, last);
-    });
-  } else {
-    fn(0, n);
+void over_experts(const std::vector<int64_t>& rows, const Fn& fn) {
+  const int64_t n = static_cast<int64_t>(rows.size()), threads = at::get_num_threads();
+  if (n < threads || at::in_parallel_region()) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
   }
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rows[a] > rows[b]; });
+  std::vector<std::vector<int64_t>> plan(threads);
+  std::vector<int64_t> load(threads, 0);
+  for (int64_t i : order) {
+    const int64_t t = std::min_element(load.begin(), load.end()) - load.begin();
+    plan[t].push_back(i);
+    load[t] += rows[i];
+  }
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    at::NoGradGuard no_grad;  // grad mode is per thread, and on in the pool's threads
+    for (int64_t t = first; t < last; ++t)
+      for (int64_t i : plan[t]) fn(i);
+  });
 }
 
 struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
@@ -95,18 +112,18 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     at::Tensor a = at::empty({N, F}, xs.options()), b = at::empty({N, F}, xs.options());
     at::Tensor h = at::empty({N, F}, xs.options()), sig = at::empty({N, F}, xs.options());
     at::Tensor ys = at::empty({N, D}, xs.options());
-    over_experts(static_cast<int64_t>(chunks.size()), [&](int64_t first, int64_t last) {
-      for (int64_t i = first; i < last; ++i) {
-        const Chunk& c = chunks[i];
-        const at::Tensor x = xs.narrow(0, c.begin, c.rows);
-        at::Tensor a_c = a.narrow(0, c.begin, c.rows), b_c = b.narrow(0, c.begin, c.rows);
-        at::Tensor h_c = h.narrow(0, c.begin, c.rows), s_c = sig.narrow(0, c.begin, c.rows);
-        at::Tensor y_c = ys.narrow(0, c.begin, c.rows);
-        at::mm_out(a_c, x, w_gate[c.expert]);
-        at::mm_out(b_c, x, w_up[c.expert]);
-        swiglu_forward_out(a_c, b_c, h_c, s_c);
-        at::mm_out(y_c, h_c, w_down[c.expert]);
-      }
+    std::vector<int64_t> rows;
+    for (const Chunk& c : chunks) rows.push_back(c.rows);
+    over_experts(rows, [&](int64_t i) {
+      const Chunk& c = chunks[i];
+      const at::Tensor x = xs.narrow(0, c.begin, c.rows);
+      at::Tensor a_c = a.narrow(0, c.begin, c.rows), b_c = b.narrow(0, c.begin, c.rows);
+      at::Tensor h_c = h.narrow(0, c.begin, c.rows), s_c = sig.narrow(0, c.begin, c.rows);
+      at::Tensor y_c = ys.narrow(0, c.begin, c.rows);
+      at::mm_out(a_c, x, w_gate[c.expert]);
+      at::mm_out(b_c, x, w_up[c.expert]);
+      swiglu_forward_out(a_c, b_c, h_c, s_c);
+      at::mm_out(y_c, h_c, w_down[c.expert]);
     });
     ctx->save_for_backward({xs, w_gate, w_up, w_down, a, b, h, sig});
     ctx->saved_data["counts"] = counts;
@@ -128,33 +145,43 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     at::Tensor dx = at::empty_like(xs);
     // Grouped by expert, so that one thread owns each expert's weight gradients.
     std::vector<std::vector<Chunk>> by_expert(E);
-    for (const Chunk& c : chunks) by_expert[c.expert].push_back(c);
-    over_experts(E, [&](int64_t first, int64_t last) {
-      for (int64_t e = first; e < last; ++e) {
-        at::Tensor gg = g_gate[e], gu = g_up[e], gd = g_down[e];
-        if (by_expert[e].empty()) {
-          gg.zero_();
-          gu.zero_();
-          gd.zero_();
-          continue;
-        }
-        double beta = 0.0;
-        for (const Chunk& c : by_expert[e]) {
-          const at::Tensor x_c = xs.narrow(0, c.begin, c.rows), dy_c = dy.narrow(0, c.begin, c.rows);
-          const at::Tensor h_c = h.narrow(0, c.begin, c.rows);
-          at::Tensor dh_c = at::empty({c.rows, F}, xs.options()), da_c = at::empty({c.rows, F}, xs.options()),
-                     db_c = at::empty({c.rows, F}, xs.options());
-          at::Tensor dx_c = dx.narrow(0, c.begin, c.rows);
-          at::mm_out(dh_c, dy_c, w_down[e].t());
-          at::addmm_out(gd, gd, h_c.t(), dy_c, beta);
-          swiglu_backward_out(dh_c, a.narrow(0, c.begin, c.rows), b.narrow(0, c.begin, c.rows),
-                              sig.narrow(0, c.begin, c.rows), da_c, db_c);
-          at::mm_out(dx_c, da_c, w_gate[e].t());
-          dx_c.addmm_(db_c, w_up[e].t());
-          at::addmm_out(gg, gg, x_c.t(), da_c, beta);
-          at::addmm_out(gu, gu, x_c.t(), db_c, beta);
-          beta = 1.0;
-        }
+    std::vector<int64_t> rows(E, 0);
+    for (const Chunk& c : chunks) {
+      by_expert[c.expert].push_back(c);
+      rows[c.expert] += c.rows;
+    }
+    // Each expert's (rows, F) temporaries are views of one scratch buffer of its thread, reused
+    // from expert to expert while it is in cache, rather than fresh allocations per chunk.
+    int64_t most = 0;
+    for (const Chunk& c : chunks) most = std::max(most, c.rows);
+    std::vector<at::Tensor> scratch(at::get_num_threads());
+    over_experts(rows, [&](int64_t e) {
+      // (over_experts runs one thread per index in parallel, or everything on the calling thread.)
+      at::Tensor& buffer = scratch[std::min<size_t>(at::get_thread_num(), scratch.size() - 1)];
+      if (!buffer.defined()) buffer = at::empty({3, most, F}, xs.options());
+      at::Tensor gg = g_gate[e], gu = g_up[e], gd = g_down[e];
+      if (by_expert[e].empty()) {
+        gg.zero_();
+        gu.zero_();
+        gd.zero_();
+        return;
+      }
+      double beta = 0.0;
+      for (const Chunk& c : by_expert[e]) {
+        const at::Tensor x_c = xs.narrow(0, c.begin, c.rows), dy_c = dy.narrow(0, c.begin, c.rows);
+        const at::Tensor h_c = h.narrow(0, c.begin, c.rows);
+        at::Tensor dh_c = buffer[0].narrow(0, 0, c.rows), da_c = buffer[1].narrow(0, 0, c.rows),
+                   db_c = buffer[2].narrow(0, 0, c.rows);
+        at::Tensor dx_c = dx.narrow(0, c.begin, c.rows);
+        at::mm_out(dh_c, dy_c, w_down[e].t());
+        at::addmm_out(gd, gd, h_c.t(), dy_c, beta);
+        swiglu_backward_out(dh_c, a.narrow(0, c.begin, c.rows), b.narrow(0, c.begin, c.rows),
+                            sig.narrow(0, c.begin, c.rows), da_c, db_c);
+        at::mm_out(dx_c, da_c, w_gate[e].t());
+        dx_c.addmm_(db_c, w_up[e].t());
+        at::addmm_out(gg, gg, x_c.t(), da_c, beta);
+        at::addmm_out(gu, gu, x_c.t(), db_c, beta);
+        beta = 1.0;
       }
     });
     return {dx, g_gate, g_up, g_down, at::Tensor(), at::Tensor()};

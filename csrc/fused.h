@@ -1,5 +1,6 @@
 // Fused CPU kernels for parts of a transformer block that torch runs as several ops each: RMSNorm,
-// rotate-half RoPE and SwiGLU's gate, forward and backward, and the MoE experts' whole MLPs. On CPU
+// rotate-half RoPE and SwiGLU's gate, forward and backward, the MoE experts' whole MLPs, causal
+// attention and the cross-entropy loss. On CPU
 // the elementwise ops are memory-bound, so one pass over the data instead of one per op is most of
 // their cost; for the experts, the per-op dispatch and autograd overhead is (docs/kernels.md has the
 // measurements). lumina/ops/fused.py keeps the PyTorch expressions they match for every other device.
@@ -44,5 +45,18 @@ at::Tensor swiglu_autograd_cpu(const at::Tensor& gate, const at::Tensor& up);
 // w.r.t. xs and the three weights; no double backward.
 at::Tensor expert_mlp_autograd_cpu(const at::Tensor& xs, const at::Tensor& w_gate, const at::Tensor& w_up,
                                    const at::Tensor& w_down, std::vector<int64_t> counts, std::vector<int64_t> ids);
+
+// Causal self-attention softmax(q k^T / sqrt(hd)) v, differentiable w.r.t. q, k and v
+// (attention_cpu.cpp). q (B, H, T, hd), k and v (B, KV, T, hd) with KV dividing H (grouped-query:
+// query head h reads kv head h / (H / KV)); float32 or float64, any strides with hd contiguous.
+// Returns (B, H, T, hd) laid out as (B, T, H, hd). No double backward.
+at::Tensor causal_attention_autograd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// Whether torch's build exports the BLAS sgemm_/dgemm_ the attention kernel calls.
+bool blas_gemm_available();
+
+// Mean cross-entropy of logits (N, V), float32 or float64, against int64 labels (N,) in [0, V),
+// over the rows whose label is not ignore_index (loss_cpu.cpp); NaN when every row is ignored, as
+// in torch. Differentiable w.r.t. logits; no double backward.
+at::Tensor cross_entropy_autograd_cpu(const at::Tensor& logits, const at::Tensor& labels, int64_t ignore_index);
 
 }  // namespace lumina

@@ -4,6 +4,7 @@
 // pool once there is enough work to pay for waking the threads.
 #include "check.h"
 #include "fused.h"
+#include "vec_exp.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -137,7 +138,15 @@ _Pragma("omp simd")
 }
 
 void swiglu_forward_out(const at::Tensor& a, const at::Tensor& b, at::Tensor& y, at::Tensor& sig) {
-  // torch's sigmoid is vectorised with its own exp; everything else is one pass here.
+  if (a.scalar_type() == at::kFloat && has_avx2()) {  // FP32 with AVX2: sigmoid too in the one pass
+    const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+    float *yp = y.data_ptr<float>(), *sp = sig.data_ptr<float>();
+    at::parallel_for(0, a.numel(), kGrainElems, [&](int64_t begin, int64_t end) {
+      swiglu_avx2(ap + begin, bp + begin, yp + begin, sp + begin, end - begin);
+    });
+    return;
+  }
+  // Otherwise torch's sigmoid, vectorised with its own exp, and one pass for the rest.
   at::sigmoid_out(sig, a);
   const int64_t n = a.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "swiglu_forward_cpu", [&] {

@@ -14,7 +14,7 @@ namespace lumina {
 // Bumped when a signature here or in fused.h changes or a kernel is added, so a stale build is
 // refused instead of misused (2: the fused CPU kernels; 3: the experts' MLP and the routing ops'
 // C++ autograd).
-constexpr int64_t kApiVersion = 3;
+constexpr int64_t kApiVersion = 4;
 
 // (expert_index (S, k) int64, weights (S, k), slot (S, k) int64, probs (S, E)); capacity < 0 is
 // unlimited. weights and probs are fp32, or fp64 for fp64 logits.
@@ -46,6 +46,11 @@ at::Tensor unpermute_autograd_cpu(const at::Tensor& y, const at::Tensor& token_i
                                   const at::Tensor& weights, int64_t num_tokens);
 at::Tensor gather_tokens_autograd_cpu(const at::Tensor& x, const at::Tensor& index);
 at::Tensor scatter_tokens_autograd_cpu(const at::Tensor& x, const at::Tensor& index, const at::Tensor& values);
+// (Switch balance loss, router z-loss) of one MoE layer (router_losses_cpu.cpp): logits and probs
+// (S, R) float32/float64, expert_index (S, k) int64 in [0, R). Differentiable w.r.t. logits (z)
+// and probs (balance); no double backward.
+std::vector<at::Tensor> router_losses_autograd_cpu(const at::Tensor& logits, const at::Tensor& probs,
+                                                   const at::Tensor& expert_index);
 
 #ifdef LUMINA_WITH_CUDA
 std::vector<at::Tensor> topk_route_cuda(const at::Tensor& logits, int64_t top_k, int64_t capacity);

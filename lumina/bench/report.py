@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from lumina.bench.breakdown import PARTS, ceiling, kernel_seconds, rest_at_baseline_speed
+from lumina.bench.breakdown import PARTS, ceiling, kernel_seconds, rest_at_baseline_speed, to_baseline_speed
 from lumina.plan.claims import table as claims_table
 from lumina.plan.hardware import GPUS
 
@@ -137,7 +137,9 @@ def breakdown_section(results: dict) -> list[str]:
            "The first four parts are the kernels any implementation of this math runs: matrix multiplies, "
            "the attention kernel, the softmax cross-entropy over the vocabulary and the fused AdamW update. "
            "Other ops are the rest of torch's ops (element-wise, norms, RoPE, routing, copies); outside ops "
-           "is the step's time between ops (Python, autograd, dispatch). The two rows come from two "
+           "is the step's time between ops (Python, autograd, dispatch). On CPU Lumina's attention and loss "
+           "are its own kernels (lumina._C), counted in those columns; the bound below is for an "
+           "implementation on the baseline's kernels. The two rows come from two "
            "processes, and on this shared machine the same kernels' times differ by up to about 20% "
            "between processes: compare each row's shares, not one row's milliseconds with the other's.", "",
            "| size | mode | model | " + " | ".join(PARTS).replace("_", " ") + " | kernels | step |",
@@ -151,16 +153,19 @@ def breakdown_section(results: dict) -> list[str]:
     for goal, ours, base in pairs:
         b = base["breakdown"]
         step, kernels = sum(b.values()), kernel_seconds(b)
-        budget = step / goal["goal"] - kernels
+        # What the goal leaves beside Lumina's own kernels, which on CPU include faster attention
+        # and loss kernels than the baseline's.
+        budget = step / goal["goal"] - kernel_seconds(ours["breakdown"]) * to_baseline_speed(ours["breakdown"], b)
         rest = rest_at_baseline_speed(ours["breakdown"], b)
         line = (f"- {goal['size']} {goal['mode']} against {goal['baseline']}: the kernels take {_ms(kernels)} ms "
                 f"of the baseline's {_ms(step)} ms step, so an implementation on the same kernels can be at most "
                 f"{ceiling(b):.2f}x as fast. ")
         if budget <= 0:
-            line += f"The {goal['goal']:.1f}x goal is out of reach for any implementation on these kernels."
+            line += (f"The {goal['goal']:.1f}x goal is out of reach on Lumina's kernels: they alone take longer "
+                     "than it allows.")
         else:
-            line += (f"The {goal['goal']:.1f}x goal leaves {_ms(budget)} ms for everything else; Lumina's "
-                     f"everything else takes {_ms(rest)} ms (scaled to the baseline's kernel speed): "
+            line += (f"The {goal['goal']:.1f}x goal leaves {_ms(budget)} ms beside Lumina's kernels; Lumina's "
+                     f"everything else takes {_ms(rest)} ms (scaled to the baseline's speed by the shared kernels): "
                      + (f"{1 - budget / rest:.0%} of it would have to go." if rest > budget
                         else "within that, so the goal is a matter of measurement noise here."))
         out.append(line)

@@ -1,14 +1,14 @@
-"""Causal grouped-query self-attention through torch's scaled_dot_product_attention."""
+"""Causal grouped-query self-attention (lumina.ops.fused.causal_attention: a C++ kernel on CPU, torch's
+scaled_dot_product_attention elsewhere)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lumina.config import ModelConfig
 from lumina.model.layers import LayerFactory, output_init_std
-from lumina.ops.fused import apply_rope
+from lumina.ops.fused import apply_rope, causal_attention
 
 
 class Attention(nn.Module):
@@ -36,6 +36,5 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.local_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.local_heads != self.local_kv_heads)
+        out = causal_attention(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.local_heads * self.head_dim))

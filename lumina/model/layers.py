@@ -59,8 +59,8 @@ class LayerFactory:
         return F.linear(hidden, weight)
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean token loss in fp32; labels < 0 are ignored."""
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        """Mean token loss in fp32; labels equal to -100 are ignored (torch's default ignore_index)."""
+        return fused.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
 def _linear(in_features: int, out_features: int, init_std: float) -> nn.Linear:

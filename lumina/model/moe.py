@@ -12,23 +12,6 @@ from lumina.model.layers import LayerFactory, output_init_std
 from lumina.ops import fused, routing
 
 
-def switch_balance_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
-    """E * sum_e f_e * P_e (Fedus et al. 2021, eq. 4), generalised to top-k.
-
-    f_e is the fraction of the S*k assignments that chose expert e (before capacity) and P_e the
-    mean router probability of e. It equals 1 whenever the router is uniform and reaches E when
-    every token puts all its mass on one expert.
-    """
-    num_experts = probs.shape[1]
-    f = routing.expert_histogram(expert_index, num_experts).float() / expert_index.numel()
-    return num_experts * torch.sum(f * probs.mean(0))
-
-
-def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """mean(logsumexp(logits)^2) (Zoph et al. 2022, ST-MoE eq. 5): keeps router logits small."""
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
-
-
 def load_stats(tokens_per_expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(utilisation, balance) of a per-expert token count vector; both 1.0 for perfect balance.
 
@@ -85,7 +68,8 @@ class MoE(nn.Module):
 
                 mark_expert_param(p, self.ep)
         self.aux: dict[str, torch.Tensor] = {}
-        self.stats: dict[str, torch.Tensor] = {}
+        # (tokens per expert, no-op mask or None, assignments) of the last forward, for `stats`.
+        self._last: tuple[torch.Tensor, torch.Tensor | None, int] | None = None
 
     def capacity(self, num_tokens: int, causal: bool = False) -> int | None:
         # Capacity makes a token's fate depend on later tokens' priorities, which sampling must
@@ -118,10 +102,12 @@ class MoE(nn.Module):
         S = xf.shape[0]
         logits = F.linear(xf.float(), self.router.weight.float())   # (S, E + noop), fp32
         route = routing.topk_route(logits, self.cfg.top_k, self.capacity(S, causal))
-        noop = route.expert_index >= self.num_experts
-        # No-op experts (integrated MoDE) do no work: their assignments leave the token on the
-        # residual, so they never enter the dispatch plan.
-        slot = torch.where(noop, torch.full_like(route.slot, -1), route.slot)
+        noop, slot = None, route.slot
+        if self.num_router_outputs > self.num_experts:
+            # No-op experts (integrated MoDE) do no work: their assignments leave the token on the
+            # residual, so they never enter the dispatch plan.
+            noop = route.expert_index >= self.num_experts
+            slot = torch.where(noop, torch.full_like(route.slot, -1), route.slot)
         plan = routing.dispatch_plan(route.expert_index, slot, self.num_router_outputs)
         counts = plan.counts[: self.num_experts]
         # Under tensor parallel each rank computes a slice of every expert's FFN: the input enters
@@ -132,21 +118,31 @@ class MoE(nn.Module):
         ys = self.layers.tp_reduce(ys)
         out = routing.unpermute(ys, plan, route.weights, S).to(x.dtype)
 
-        self.aux = {
-            "moe_balance": switch_balance_loss(route.probs, route.expert_index),
-            "moe_z": router_z_loss(logits),
-        }
+        balance, z = fused.router_losses(logits, route.probs, route.expert_index)
+        self.aux = {"moe_balance": balance, "moe_z": z}
+        self._last = (counts.detach(), noop, route.expert_index.numel())
+        return out.view(shape)
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Routing statistics of the last forward ({} before the first). Computed when read: the
+        trainer reads them at log time, and a dozen small ops per layer and step add up on CPU."""
+        if self._last is None:
+            return {}
+        counts, noop, assignments = self._last
         with torch.no_grad():
-            real = (~noop).sum().clamp_min(1)
+            if noop is None:
+                real, noop_fraction = counts.new_tensor(max(assignments, 1)), counts.new_zeros((), dtype=torch.float32)
+            else:
+                real, noop_fraction = (~noop).sum().clamp_min(1), noop.float().mean()
             utilisation, balance = load_stats(counts)
-            self.stats = {
-                "tokens_per_expert": counts.detach(),
+            return {
+                "tokens_per_expert": counts,
                 "dropped_fraction": 1.0 - counts.sum().float() / real.float(),
-                "noop_fraction": noop.float().mean(),
+                "noop_fraction": noop_fraction,
                 "utilisation": utilisation,
                 "load_balance": balance,
             }
-        return out.view(shape)
 
     def weighted_aux_loss(self) -> torch.Tensor:
         return self.cfg.aux_loss_coef * self.aux["moe_balance"] + self.cfg.z_loss_coef * self.aux["moe_z"]

@@ -22,12 +22,12 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 # Must equal lumina::kApiVersion in csrc/routing.h; a stale build is refused, not misused.
-API_VERSION = 3
+API_VERSION = 4
 
 OPS = ("topk_route", "dispatch_plan", "permute", "unpermute", "expert_histogram", "mod_select",
        "gather_tokens", "scatter_tokens")
 # lumina.ops.fused: CPU kernels only; other devices run the PyTorch expressions by design.
-FUSED_OPS = ("rms_norm", "rope", "swiglu", "expert_mlp")
+FUSED_OPS = ("rms_norm", "rope", "swiglu", "expert_mlp", "causal_attention", "cross_entropy", "router_losses")
 
 # (op, device type) -> dtypes the kernel does not take; those tensors run the reference.
 _UNSUPPORTED_DTYPES: dict[tuple[str, str], frozenset[torch.dtype]] = {
@@ -82,7 +82,8 @@ def forced_reference() -> bool:
     return os.environ.get("LUMINA_ROUTING_BACKEND", "auto").lower() == "reference"
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
+    """One RoutingKernelWarning per key and process: a fallback says once what it fell back to."""
     with _lock:
         if key in _warned:
             return
@@ -125,12 +126,12 @@ def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> C
         return None
     module = load_extension()
     if module is None:
-        _warn_once("extension", f"lumina._C is not available ({extension_error()}); routing ops and "
-                   "RMSNorm/RoPE run the PyTorch reference. Build the kernels with: "
+        warn_once("extension", f"lumina._C is not available ({extension_error()}); routing ops and "
+                   "the fused ops (RMSNorm/RoPE/SwiGLU/experts/attention/loss) run the PyTorch reference. Build the kernels with: "
                    "pip install --no-build-isolation -e .")
         return None
     if device.type == "cuda" and not getattr(module, "HAS_CUDA", False):
-        _warn_once("cuda", "lumina._C was built without CUDA kernels; routing ops on CUDA tensors run the "
+        warn_once("cuda", "lumina._C was built without CUDA kernels; routing ops on CUDA tensors run the "
                    "PyTorch reference. Rebuild on a machine with a CUDA torch (or LUMINA_BUILD_CUDA=1).")
         return None
     if dtype is not None and dtype in _UNSUPPORTED_DTYPES.get((op, device.type), ()):

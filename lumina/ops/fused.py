@@ -1,5 +1,5 @@
-"""RMSNorm, RoPE, SwiGLU's gate and the MoE experts' MLPs: fused C++ kernels on CPU, the PyTorch
-expression elsewhere.
+"""RMSNorm, RoPE, SwiGLU's gate, the MoE experts' MLPs, causal attention and the cross-entropy loss:
+fused C++ kernels on CPU, the PyTorch expression elsewhere.
 
 Each is many torch ops (torch's profiler counts 23 non-view ops for RMSNorm's forward and backward
 together, 18 for RoPE), and on CPU each op is a pass over memory plus a dispatch. `lumina._C` does
@@ -9,20 +9,29 @@ The PyTorch expressions below (`*_reference`) are the specification and what run
 torch's own kernels are cheap next to the matmuls), under `torch.compile` (Inductor fuses them
 itself), with LUMINA_ROUTING_BACKEND=reference, and when the extension is missing (one warning, from
 `lumina.ops.backend`). The kernels agree with them within the tolerances in tests/ops/test_fused.py.
-Autograd for the kernels is C++ (csrc/fused_autograd.cpp, csrc/experts_cpu.cpp), so their backward
+Autograd for the kernels is C++ (csrc/fused_autograd.cpp, csrc/experts_cpu.cpp,
+csrc/attention_cpu.cpp, csrc/loss_cpu.cpp), so their backward
 never enters Python; double backward through them is not supported (nothing in training needs it).
 
 The experts' MLPs (`expert_mlp`) are matmuls, which torch does well; what the kernel removes is the
 per-expert Python loop around them (about twenty ops and four autograd nodes per expert and step),
 and it keeps each expert's intermediates in cache between its matmuls.
+
+Causal attention (`causal_attention`) runs torch's scaled_dot_product_attention everywhere but on
+CPU in fp32/fp64, where the kernel does each (sequence, head) as a few BLAS calls on blocks of
+query rows: at the debug presets' head dim of 24, torch's CPU flash attention spends most of its
+time outside arithmetic (docs/kernels.md has the measurements). The loss (`cross_entropy`) makes
+one pass over the logits each way where torch's log_softmax and nll_loss make several.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lumina.ops import backend
+from lumina.ops import routing_reference
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -112,3 +121,64 @@ def expert_mlp(xs: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, counts:
     if kernel is None:
         return expert_mlp_reference(xs, w_gate, w_up, w_down, counts, ids)
     return kernel(xs, w_gate, w_up, w_down, counts, [] if ids is None else ids)
+
+
+# Causal self-attention with grouped-query heads.
+
+def causal_attention_reference(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """q (B, H, T, hd), k and v (B, KV, T, hd) with KV dividing H -> (B, H, T, hd)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _blas_gemm() -> bool:
+    """Whether the attention kernel finds BLAS gemm in torch's build (warns once when not)."""
+    if getattr(backend.load_extension(), "HAS_BLAS_GEMM", False):
+        return True
+    backend.warn_once("blas", "this torch build exports no BLAS sgemm_/dgemm_, which lumina._C's CPU attention "
+                      "calls; attention runs torch's scaled_dot_product_attention")
+    return False
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q k^T / sqrt(hd), causal) v. On CPU the result is laid out as (B, T, H, hd), so the
+    caller's transpose back to tokens-major is a view."""
+    kernel = _cpu_kernel("causal_attention", q, k, v)
+    if kernel is not None and not _blas_gemm():
+        kernel = None
+    if (kernel is None or q.dtype not in (torch.float32, torch.float64) or q.dim() != 4 or k.shape != v.shape
+            or k.dim() != 4 or k.shape[1] == 0 or q.shape[1] % k.shape[1] or q.shape[-1] == 0
+            or (q.shape[0], q.shape[2], q.shape[3]) != (k.shape[0], k.shape[2], k.shape[3])):
+        return causal_attention_reference(q, k, v)
+    return kernel(q, k, v)
+
+
+# The LM loss.
+
+def cross_entropy_reference(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy in fp32 (fp64 for fp64 logits) over the rows whose label is not ignore_index."""
+    return F.cross_entropy(logits if logits.dtype == torch.float64 else logits.float(), labels,
+                           ignore_index=ignore_index)
+
+
+def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """logits (N, V), int64 labels (N,) -> the mean loss, a 0-d tensor."""
+    kernel = _cpu_kernel("cross_entropy", logits)
+    if (kernel is None or logits.dtype not in (torch.float32, torch.float64) or logits.dim() != 2
+            or labels.dtype != torch.int64 or labels.device.type != "cpu" or labels.shape != logits.shape[:1]):
+        return cross_entropy_reference(logits, labels, ignore_index)
+    return kernel(logits, labels, ignore_index)
+
+
+# The MoE router's auxiliary losses.
+
+def router_losses(logits: Tensor, probs: Tensor, expert_index: Tensor) -> tuple[Tensor, Tensor]:
+    """(Switch balance loss, router z-loss) of one MoE layer from its router logits and
+    probabilities (S, R) and top-k choices (S, k): `routing_reference.switch_balance_loss` and
+    `router_z_loss`, one C++ node on CPU."""
+    kernel = _cpu_kernel("router_losses", logits, probs)
+    if (kernel is None or logits.dtype not in (torch.float32, torch.float64) or logits.dim() != 2
+            or probs.shape != logits.shape or expert_index.dtype != torch.int64 or expert_index.dim() != 2
+            or expert_index.device.type != "cpu"):
+        return routing_reference.switch_balance_loss(probs, expert_index), routing_reference.router_z_loss(logits)
+    balance, z = kernel(logits, probs, expert_index)
+    return balance, z

@@ -183,6 +183,25 @@ def expert_histogram(expert_index: torch.Tensor, num_experts: int) -> torch.Tens
     return torch.bincount(expert_index.reshape(-1), minlength=num_experts)
 
 
+# The MoE router's auxiliary losses (summed over layers with their coefficients by the model).
+
+def switch_balance_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
+    """E * sum_e f_e * P_e (Fedus et al. 2021, eq. 4), generalised to top-k.
+
+    f_e is the fraction of the S*k assignments that chose expert e (before capacity) and P_e the
+    mean router probability of e. It equals 1 whenever the router is uniform and reaches E when
+    every token puts all its mass on one expert.
+    """
+    num_experts = probs.shape[1]
+    f = expert_histogram(expert_index, num_experts).float() / expert_index.numel()
+    return num_experts * torch.sum(f * probs.mean(0))
+
+
+def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """mean(logsumexp(logits)^2) (Zoph et al. 2022, ST-MoE eq. 5): keeps router logits small."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
 def mod_select(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Per-sequence top-k of (B, T) router scores; returns (B, k) positions in ascending order."""
     if scores.dim() != 2:

@@ -26,6 +26,7 @@ from lumina.model.layers import LayerFactory, RMSNorm, rope_tables
 from lumina.model.mod import MoDBlock
 from lumina.model.moe import MoE
 from lumina.model.transformer import layer_routing
+from lumina.ops import fused
 from lumina.parallel.layout import ParallelLayout
 
 
@@ -142,7 +143,7 @@ def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool):
 
         def lm_loss(self, outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
             logits, aux = outputs
-            lm = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+            lm = fused.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
             self.lm_losses.append(lm.detach())
             if not self.training:
                 return lm

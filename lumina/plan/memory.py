@@ -33,6 +33,8 @@ backward. Under 1F1B pipeline parallel the first stage holds min(P, micro-batche
 of activations (Korthikanti et al., section 4.2.3), which is the worst stage. The last stage adds
 the logits: the model-dtype logits and the FP32 log-softmax the loss keeps, (a + 4) s b V / t,
 plus the FP32 gradients of both that the backward of the loss creates, 8 s b V / t: (a + 12) s b V / t.
+With `loss_kernel` (lumina._C's CPU cross-entropy, which keeps one log-sum-exp per row and whose
+backward writes only the logits' gradient) that is 2 a s b V / t.
 
 Buffers: DeepSpeed's reduce bucket (5e7 FP32 elements) and all-gather bucket (5e7 BF16 elements)
 as Lumina's configs set them, 1 GiB for the CUDA context (none on CPU), NCCL and allocator workspaces (an
@@ -142,16 +144,20 @@ def layer_activation_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int
     return _block_bytes(cfg, tokens, seq, tp, flash, a)
 
 
-def logits_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, act_bytes: int = 2) -> float:
-    """The last stage's logits, log-softmax and the loss backward's two FP32 gradients of them."""
-    return (act_bytes + 12) * seq * micro_batch * cfg.vocab_size / tp
+def logits_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, act_bytes: int = 2,
+                 loss_kernel: bool = False) -> float:
+    """The last stage's logits, log-softmax and the loss backward's two FP32 gradients of them; with
+    the CPU loss kernel, the logits and their gradient."""
+    per_element = 2 * act_bytes if loss_kernel else act_bytes + 12
+    return per_element * seq * micro_batch * cfg.vocab_size / tp
 
 
 def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int, micro_batch: int,
              grad_accum: int, stage_layers: tuple[int, ...], seq: int | None = None,
              recompute: str = "none", flash: bool = True, precision: str = "bf16",
-             context_bytes: float = CONTEXT_BYTES) -> MemoryBreakdown:
-    """Per-GPU memory of the busiest stage for this layout."""
+             context_bytes: float = CONTEXT_BYTES, loss_kernel: bool = False) -> MemoryBreakdown:
+    """Per-GPU memory of the busiest stage for this layout. loss_kernel: the loss runs lumina._C's
+    CPU kernel (a CPU run with the extension built), not torch's log-softmax and NLL."""
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute={recompute!r} is unknown: choose one of {', '.join(RECOMPUTE)}")
     if precision not in PRECISIONS:
@@ -198,7 +204,7 @@ def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int,
         else:
             act, act_plain = act_all * in_flight, plain_all * in_flight
         if stage == pp - 1:
-            logits = logits_bytes(cfg, s, micro_batch, tp, p.act)
+            logits = logits_bytes(cfg, s, micro_batch, tp, p.act, loss_kernel)
             act, act_plain = act + logits, act_plain + logits
         if not p.grads_persist and zero == 0:
             # The peak is either at the start of the backward (all activations, plus the gradient

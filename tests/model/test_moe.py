@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from lumina.config import MoEConfig
 from lumina.model.block import Block
 from lumina.model.layers import rope_tables
-from lumina.model.moe import MoE, load_stats, router_z_loss, switch_balance_loss
+from lumina.model.moe import MoE, load_stats
+from lumina.ops.routing_reference import router_z_loss, switch_balance_loss
 from lumina.presets import get_preset
 
 
@@ -36,7 +37,8 @@ def test_moe_without_drops_equals_per_token_loop(kwargs):
     layer = _moe(**kwargs)
     x = torch.randn(40, layer.w_gate.shape[1])
     out = layer(x)
-    assert float(layer.stats["dropped_fraction"]) == 0.0
+    assert float(layer.stats["dropped_fraction"]) == 0.0 and float(layer.stats["noop_fraction"]) == 0.0
+    assert int(layer.stats["tokens_per_expert"].sum()) == 40 * layer.cfg.top_k
     torch.testing.assert_close(out, naive_moe(layer, x), rtol=1e-5, atol=1e-6)
 
 

@@ -98,6 +98,11 @@ def test_fp32_without_persistent_gradients_peaks_at_the_larger_backward_phase():
     assert two.activations + two.gradients == pytest.approx(2 * 4 * P, rel=1e-6)
     with pytest.raises(ValueError, match="precision='fp16' is unknown: choose one of bf16, fp32"):
         estimate(cfg, micro_batch=1, **{**common, "precision": "fp16"})
+    # The CPU loss kernel keeps the FP32 logits and makes their gradient (8 bytes an element), where
+    # torch's loss adds the log-softmax and the gradients of both (4 + 12).
+    kernel = estimate(cfg, micro_batch=8, loss_kernel=True, **common)
+    elements = 8 * cfg.seq_length * cfg.vocab_size
+    assert big.activations - kernel.activations == pytest.approx((16 - 8) * elements)
 
 
 def test_pipeline_first_stage_holds_p_micro_batches():
