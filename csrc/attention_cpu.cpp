@@ -1,8 +1,8 @@
-// Causal attention on CPU, forward and backward, for the small head dims of the debug presets (see
-// fused.h). torch's CPU flash attention tiles for long sequences and wide heads; at head dim 24 and
-// 128 tokens most of its time is not arithmetic (docs/kernels.md has the measurements). Here each
-// (sequence, head) is a handful of BLAS calls on blocks of query rows, with the softmax between
-// them while the block is in cache, and no intermediate tensors.
+// Causal attention on CPU, forward and backward (see fused.h). Each (sequence, head) is a handful of
+// BLAS calls on blocks of query rows, with the softmax between them while the block is in cache,
+// and no intermediate tensors. At the debug shape (head dim 24, 128 tokens) torch's CPU flash
+// attention took 3.6 ms forward and backward per layer and this 2.6 ms; at debug_200m's shape 11.5
+// and 7.9 ms (docs/kernels.md).
 //
 // Per block of query rows [r0, r1), only key columns [0, r1) are computed (causal). The forward
 // keeps each row's log-sum-exp, as flash attention does, and the backward recomputes the
