@@ -107,8 +107,8 @@ def layer_routing(index: int, block: nn.Module) -> dict:
     """One layer's routing statistics from its last forward, as Python numbers."""
     out: dict = {"layer": index, "moe": None, "mod": None}
     moe = next((m for m in block.modules() if isinstance(m, MoE)), None)
-    if moe is not None and moe.stats:
-        s = moe.stats
+    s = moe.stats if moe is not None else {}  # computed on each read
+    if s:
         out["moe"] = {"tokens_per_expert": s["tokens_per_expert"].tolist(),
                       **{k: float(s[k]) for k in ("dropped_fraction", "utilisation", "load_balance")}}
     if isinstance(block, MoDBlock):
