@@ -157,8 +157,6 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
     std::vector<at::Tensor> scratch(at::get_num_threads());
     over_experts(rows, [&](int64_t e) {
       // (over_experts runs one thread per index in parallel, or everything on the calling thread.)
-      at::Tensor& buffer = scratch[std::min<size_t>(at::get_thread_num(), scratch.size() - 1)];
-      if (!buffer.defined()) buffer = at::empty({3, most, F}, xs.options());
       at::Tensor gg = g_gate[e], gu = g_up[e], gd = g_down[e];
       if (by_expert[e].empty()) {
         gg.zero_();
@@ -166,6 +164,8 @@ struct ExpertMLPFunction : public torch::autograd::Function<ExpertMLPFunction> {
         gd.zero_();
         return;
       }
+      at::Tensor& buffer = scratch[std::min<size_t>(at::get_thread_num(), scratch.size() - 1)];
+      if (!buffer.defined()) buffer = at::empty({3, most, F}, xs.options());
       double beta = 0.0;
       for (const Chunk& c : by_expert[e]) {
         const at::Tensor x_c = xs.narrow(0, c.begin, c.rows), dy_c = dy.narrow(0, c.begin, c.rows);

@@ -35,13 +35,14 @@ from lumina.ops import backend
 from lumina.ops import routing_reference
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_FP32_64 = (torch.float32, torch.float64)  # the attention and loss kernels' dtypes
 
 
-def _cpu_kernel(op: str, *tensors: Tensor):
-    """lumina._C's differentiable `op` when every tensor is a CPU float tensor of one dtype and
+def _cpu_kernel(op: str, *tensors: Tensor, dtypes: tuple[torch.dtype, ...] = _DTYPES):
+    """lumina._C's differentiable `op` when every tensor is a CPU tensor of one dtype in `dtypes` and
     nothing traces; else None (`backend.kernel` warns once when the build is missing)."""
     first = tensors[0]
-    if first.dtype not in _DTYPES or any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors[1:]):
+    if first.dtype not in dtypes or any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors[1:]):
         return None
     return backend.eager_kernel(f"{op}_autograd", first)
 
@@ -143,8 +144,8 @@ def _blas_gemm() -> bool:
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(hd), causal) v. On CPU the result is laid out as (B, T, H, hd), so the
     caller's transpose back to tokens-major is a view."""
-    kernel = _cpu_kernel("causal_attention", q, k, v)
-    if (kernel is None or q.dtype not in (torch.float32, torch.float64) or q.dim() != 4 or k.shape != v.shape
+    kernel = _cpu_kernel("causal_attention", q, k, v, dtypes=_FP32_64)
+    if (kernel is None or q.dim() != 4 or k.shape != v.shape
             or k.dim() != 4 or k.shape[1] == 0 or q.shape[1] % k.shape[1] or q.shape[-1] == 0
             or (q.shape[0], q.shape[2], q.shape[3]) != (k.shape[0], k.shape[2], k.shape[3]) or not _blas_gemm()):
         return causal_attention_reference(q, k, v)
@@ -161,8 +162,8 @@ def cross_entropy_reference(logits: Tensor, labels: Tensor, ignore_index: int = 
 
 def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
     """logits (N, V), int64 labels (N,) -> the mean loss, a 0-d tensor."""
-    kernel = _cpu_kernel("cross_entropy", logits)
-    if (kernel is None or logits.dtype not in (torch.float32, torch.float64) or logits.dim() != 2
+    kernel = _cpu_kernel("cross_entropy", logits, dtypes=_FP32_64)
+    if (kernel is None or logits.dim() != 2
             or labels.dtype != torch.int64 or labels.device.type != "cpu" or labels.shape != logits.shape[:1]):
         return cross_entropy_reference(logits, labels, ignore_index)
     return kernel(logits, labels, ignore_index)
@@ -174,8 +175,8 @@ def router_losses(logits: Tensor, probs: Tensor, expert_index: Tensor) -> tuple[
     """(Switch balance loss, router z-loss) of one MoE layer from its router logits and
     probabilities (S, R) and top-k choices (S, k): `routing_reference.switch_balance_loss` and
     `router_z_loss`, one C++ node on CPU."""
-    kernel = _cpu_kernel("router_losses", logits, probs)
-    if (kernel is None or logits.dtype not in (torch.float32, torch.float64) or logits.dim() != 2
+    kernel = _cpu_kernel("router_losses", logits, probs, dtypes=_FP32_64)
+    if (kernel is None or logits.dim() != 2
             or probs.shape != logits.shape or expert_index.dtype != torch.int64 or expert_index.dim() != 2
             or expert_index.device.type != "cpu"):
         return routing_reference.switch_balance_loss(probs, expert_index), routing_reference.router_z_loss(logits)
