@@ -1,13 +1,16 @@
 """`lumina bench`: the benchmark table, measured on the machine at hand, beside the baselines.
 
-- `spec`: what one benchmark run trains (sizes, modes, token budgets, batch, seed).
-- `child`: one training run in a fresh process (Lumina through its trainer, or a baseline loop).
-- `baselines`: Hugging Face Llama / Mixtral at Lumina's shapes, and a plain PyTorch loop.
-- `runner`: runs every case, adds projections and claims, and writes the results file.
+- `spec`: what one benchmark run trains (sizes, modes, token budgets, batch, seeds, speed trial).
+- `baselines`: Hugging Face Llama / Mixtral at Lumina's shapes, and a plain PyTorch loop; one
+  baseline training run in a fresh process (`python -m lumina.bench.baselines`).
+- `speed`: Lumina's trainer and the baselines timed side by side in one process.
+- `breakdown`: where one step's time goes (torch's profiler), and the ratio that leaves room for.
+- `runner`: runs every case (Lumina through `python -m lumina.pretrain`), adds the ratios, loss
+  verdicts, projections and claims, and writes the results file.
 - `results`: the results file's schema, checked on write and on read.
 - `report`: docs/benchmarks.md, rendered from the results file only.
 - `plots`: the PNG figures, also from the results file only.
 
-Dependencies point one way: runner -> child -> (trainer | baselines); report and plots read only
-results.
+Dependencies point one way: runner -> (trainer | baselines | speed) -> breakdown; report and plots
+read only the results file (report does its arithmetic with breakdown's functions).
 """

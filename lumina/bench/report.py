@@ -50,16 +50,20 @@ def _judged(r: dict) -> float:
     return r["side_by_side_ratio"] if r["side_by_side_ratio"] is not None else r["ratio"]
 
 
+_VERDICT = {"yes": "yes", "no": "**no**", "undecided": "undecided"}
+
+
 def ratio_table(ratios: list[dict], tolerance: float) -> str:
     out = ["| size | mode | baseline | Lumina tokens/s | baseline tokens/s | ratio (full runs) "
            "| ratio side by side (range over rounds) | goal | goal met "
-           "| Lumina held-out loss | baseline held-out loss | difference | seeds | mean difference (range) "
-           f"| no worse (mean within {tolerance:g}) |",
+           "| Lumina held-out loss | baseline held-out loss | difference | seeds "
+           f"| mean difference ± standard error (range) | no worse (mean within {tolerance:g}) |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in ratios:
         met = "-" if r["goal_met"] is None else ("yes" if r["goal_met"] else "**no**")
         diffs = r["loss_differences"]
-        spread = f" ({min(diffs):+.4f} to {max(diffs):+.4f})" if len(diffs) > 1 else ""
+        spread = (f" ± {r['loss_difference_se']:.4f} ({min(diffs):+.4f} to {max(diffs):+.4f})"
+                  if len(diffs) > 1 else "")
         side = "-" if r["side_by_side_ratio"] is None else (
             f"{r['side_by_side_ratio']:.2f}x ({r['side_by_side_range'][0]:.2f} to {r['side_by_side_range'][1]:.2f})")
         out.append(f"| {r['size']} | {r['mode']} | {r['baseline']} | {r['lumina_tokens_per_s']:,.0f} "
@@ -67,7 +71,7 @@ def ratio_table(ratios: list[dict], tolerance: float) -> str:
                    f"| {met} "
                    f"| {r['lumina_valid_loss']:.4f} | {r['baseline_valid_loss']:.4f} | {r['loss_difference']:+.4f} "
                    f"| {len(diffs)} | {r['loss_difference_mean']:+.4f}{spread} "
-                   f"| {'yes' if r['loss_no_worse'] else '**no**'} |")
+                   f"| {_VERDICT[r['loss_verdict']]} |")
     return "\n".join(out)
 
 
@@ -184,11 +188,17 @@ def verdicts(results: dict) -> list[str]:
     if goals:
         out.append(f"- Speed goals met: {len(goals) - len(missed)} of {len(goals)}"
                    + (f" (missed: {', '.join(missed)})" if missed else "") + ".")
-    worse = [f"{_pair(r)} by {r['loss_difference_mean']:+.4f}" for r in results["ratios"] if not r["loss_no_worse"]]
+    def listed(verdict: str) -> str:
+        return ", ".join(f"{_pair(r)} by {r['loss_difference_mean']:+.4f}" for r in results["ratios"]
+                         if r["loss_verdict"] == verdict)
+
+    ok = sum(r["loss_verdict"] == "yes" for r in results["ratios"])
+    worse, undecided = listed("no"), listed("undecided")
     out.append(f"- Held-out loss no worse than the baseline's (mean paired difference within "
-               f"{results['loss_tolerance']:g}): "
-               f"{len(results['ratios']) - len(worse)} of {len(results['ratios'])} comparisons"
-               + (f"; worse: {', '.join(worse)}" if worse else "") + ".")
+               f"{results['loss_tolerance']:g}): {ok} of {len(results['ratios'])} comparisons"
+               + (f"; worse beyond the seeds' scatter: {worse}" if worse else "")
+               + (f"; undecided (above {results['loss_tolerance']:g}, but within the scatter or from one seed): "
+                  f"{undecided}" if undecided else "") + ".")
     plain = [r for r in results["ratios"] if r["baseline"] == "plain"]
     if plain:
         noise = max(plain, key=lambda r: abs(r["loss_difference"]))
@@ -251,8 +261,10 @@ def render(results: dict, plots_dir: str = "benchmarks") -> str:
         f"seed {results['spec']['seed']}. Against the Hugging Face models both also train at the extra "
         "seeds of the size's `loss_seeds` (another init and data order; Lumina's model in the plain loop, "
         "whose loss matches the trainer's), because one seed's difference is mostly the draw at these "
-        "budgets; the mean is over the paired differences of all seeds. \"No worse\" means that mean is "
-        f"at most + {results['loss_tolerance']:g}.",
+        "budgets; the mean is over the paired differences of all seeds, with its standard error. \"No "
+        f"worse\" means that mean is at most +{results['loss_tolerance']:g}. A mean above that is a \"no\" "
+        "only when it stays above it by more than a one-sided 95% Student's t-interval of the seeds' "
+        "differences; otherwise, and for a comparison at one seed, it is undecided.",
         "",
         ratio_table(results["ratios"], results["loss_tolerance"]),
         "",

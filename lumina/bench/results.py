@@ -2,7 +2,7 @@
 
 The schema is a small typed description (no jsonschema dependency): each key maps to the types
 its value may have; a nested dict is a sub-schema; a one-element list is "a list of these";
-`Maybe(sub)` is None or a match of sub.
+`Maybe(sub)` is None or a match of sub; `OneOf(a, b, ...)` is one of those values.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ class Maybe:
         self.schema = schema
 
 
+class OneOf:
+    """One of a fixed set of values (a verdict's words)."""
+
+    def __init__(self, *values):
+        self.values = values
+
+
 BREAKDOWN = {part: NUM for part in PARTS}
 POINT = {"iteration": int, "tokens": int, "loss": NUM, "seconds": NUM, "step_seconds": NUM}
 RUN = {
@@ -41,7 +48,8 @@ RATIO = {
     "size": str, "mode": str, "baseline": str, "lumina_tokens_per_s": NUM, "baseline_tokens_per_s": NUM,
     "ratio": NUM, "side_by_side_ratio": OPT_NUM, "side_by_side_range": OPT_LIST, "goal": OPT_NUM, "goal_met": (bool, type(None)), "lumina_valid_loss": NUM,
     "baseline_valid_loss": NUM, "loss_difference": NUM, "loss_no_worse": bool,
-    "loss_differences": [NUM], "loss_difference_mean": NUM,
+    "loss_differences": [NUM], "loss_difference_mean": NUM, "loss_difference_se": OPT_NUM,
+    "loss_verdict": OneOf("yes", "no", "undecided"),
 }
 # One system's side of a speed trial (lumina.bench.speed); ratio*: Lumina's speed over this one's.
 SPEED = {"size": str, "mode": str, "system": str, "rounds": int, "steps": int, "warmup": int, "step_seconds": [NUM],
@@ -81,6 +89,9 @@ def check(value, schema=SCHEMA, where: str = "results") -> None:
     if isinstance(schema, Maybe):
         if value is not None:
             check(value, schema.schema, where)
+    elif isinstance(schema, OneOf):
+        if value not in schema.values:
+            raise ValueError(f"{where}: expected one of {', '.join(map(repr, schema.values))}, got {value!r:.60}")
     elif isinstance(schema, dict):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object, got {type(value).__name__}")

@@ -16,20 +16,27 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 
 from lumina.bench.spec import BenchSpec, SizeRun
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Goals from the benchmark issue: Lumina's tokens/s over the baseline's, on CPU.
 GOALS = {"hf-llama": 1.2, "hf-mixtral": 1.5}
 # Lumina's held-out loss counts as "no worse" when its mean paired difference from the baseline's,
 # over the main seed and the size's loss_seeds, is at most this (the differences are reported).
 LOSS_TOLERANCE = 0.02
+# One-sided 95% quantiles of Student's t by degrees of freedom (standard tables, e.g. the NIST/
+# SEMATECH e-Handbook of Statistical Methods, section 1.3.6.7.2). A mean above the tolerance counts
+# as "worse" only when it stays above it by more than this many standard errors: at these budgets
+# one seed's difference is mostly the draw, and the seeds' scatter says how much.
+T95_ONE_SIDED = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
 # The modes transformers has a model of (Llama, Mixtral).
 HF_MODES = ("dense", "moe")
 
@@ -158,6 +165,19 @@ def _paired_differences(ours: dict, base: dict, seeds: list[dict]) -> list[float
     return diffs + [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
 
 
+def loss_verdict(diffs: list[float], tolerance: float = LOSS_TOLERANCE) -> tuple[float | None, str]:
+    """The standard error of the mean paired difference (None for one seed) and the verdict:
+    "yes" when the mean is within the tolerance; "no" when it exceeds the tolerance by more than
+    a one-sided 95% t-interval; otherwise "undecided" (one seed, or within the seeds' scatter)."""
+    mean = sum(diffs) / len(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    if mean <= tolerance:
+        return se, "yes"
+    # Past 10 degrees of freedom the last quantile is kept: larger, so a "no" needs more, not less.
+    t = T95_ONE_SIDED[min(len(diffs) - 1, len(T95_ONE_SIDED)) - 1] if se is not None else None
+    return se, ("no" if se is not None and mean - t * se > tolerance else "undecided")
+
+
 def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] | None = None) -> list[dict]:
     """Lumina against each baseline of the same size and mode. The speed goal is judged on the
     side-by-side trial's median ratio where the trial ran (else on the full runs' tokens/s). The
@@ -176,6 +196,7 @@ def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] 
         judged = trial["ratio"] if trial else ratio
         diffs = _paired_differences(ours, base, seeds or [])
         mean = sum(diffs) / len(diffs)
+        se, verdict = loss_verdict(diffs)
         out.append({"size": base["size"], "mode": base["mode"], "baseline": base["system"],
                     "lumina_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
                     "ratio": ratio, "side_by_side_ratio": trial["ratio"] if trial else None,
@@ -183,7 +204,7 @@ def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] 
                     "goal": goal, "goal_met": (judged >= goal) if goal else None,
                     "lumina_valid_loss": ours["valid_loss"], "baseline_valid_loss": base["valid_loss"],
                     "loss_difference": diffs[0], "loss_differences": diffs, "loss_difference_mean": mean,
-                    "loss_no_worse": mean <= LOSS_TOLERANCE})
+                    "loss_difference_se": se, "loss_verdict": verdict, "loss_no_worse": verdict == "yes"})
     return out
 
 

@@ -132,9 +132,35 @@ def test_the_loss_verdict_is_on_the_mean_paired_difference_over_seeds():
     # +0.05 at the main seed alone would fail; over three seeds the mean is +0.0067
     assert hf["loss_differences"] == pytest.approx([0.05, -0.05, 0.01])
     assert hf["loss_difference_mean"] == pytest.approx(0.01 / 3) and hf["loss_no_worse"]
+    assert hf["loss_verdict"] == "yes" and hf["loss_difference_se"] == pytest.approx(0.02906, abs=1e-4)
     assert plain["loss_differences"] == pytest.approx([0.0])  # the extra seeds pair with HF only
+    assert plain["loss_difference_se"] is None
     hf_one_seed, _ = ratios(runs)
-    assert not hf_one_seed["loss_no_worse"]
+    # +0.05 at one seed: above the tolerance, but one seed has no scatter to judge it by
+    assert not hf_one_seed["loss_no_worse"] and hf_one_seed["loss_verdict"] == "undecided"
+
+
+def test_a_loss_is_worse_only_beyond_the_seeds_scatter():
+    from lumina.bench.runner import LOSS_TOLERANCE, loss_verdict
+
+    assert loss_verdict([0.02, -0.01, 0.03]) == (pytest.approx(0.01202, abs=1e-4), "yes")
+    # mean 0.0245, standard error 0.0204: t(2) = 2.92 standard errors reach far below the tolerance
+    assert loss_verdict([0.0408, -0.016, 0.0486])[1] == "undecided"
+    # mean 0.05, standard error 0.0058: 0.05 - 2.92 x 0.0058 = 0.033 > 0.02
+    assert loss_verdict([0.04, 0.05, 0.06]) == (pytest.approx(0.005774, abs=1e-5), "no")
+    # one seed far above: no scatter, so undecided however large
+    assert loss_verdict([1.0]) == (None, "undecided")
+    # exactly at the tolerance is within it
+    assert loss_verdict([LOSS_TOLERANCE, LOSS_TOLERANCE])[1] == "yes"
+    # more seeds than the table: the last (largest) quantile is kept
+    assert loss_verdict([0.03] * 11 + [0.031])[1] == "no"
+
+
+def test_the_results_schema_names_a_bad_verdict():
+    from lumina.bench.results import RATIO, check
+
+    with pytest.raises(ValueError, match=r"ratio.loss_verdict: expected one of 'yes', 'no', 'undecided', got 'maybe'"):
+        check("maybe", RATIO["loss_verdict"], "ratio.loss_verdict")
 
 
 def test_profiled_ops_fall_in_the_right_part():

@@ -15,7 +15,8 @@ EP2 = ("--expert-model-parallel-size", "2")
 ITERS = ("--train-iters", "5")
 
 
-@pytest.mark.parametrize("mode,zero", [("moe", "0"), ("hybrid", "1"), ("moe", "2")])
+@pytest.mark.parametrize("mode,zero", [("moe", "0"), pytest.param("hybrid", "1", marks=pytest.mark.slow),
+                                       pytest.param("moe", "2", marks=pytest.mark.slow)])
 def test_ep2_equals_one_process(tmp_path, one_process, mode, zero):
     run = str(tmp_path / "ep2")
     assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8", "--zero-stage", zero, *EP2,
@@ -23,6 +24,7 @@ def test_ep2_equals_one_process(tmp_path, one_process, mode, zero):
     assert_same_losses(train_losses(run), train_losses(one_process(mode)))
 
 
+@pytest.mark.slow
 def test_ep2_x_dp2_equals_one_process(tmp_path, one_process):
     """World 4: two expert groups of 2; expert gradients are reduced over expert-DP groups of 2."""
     run = str(tmp_path / "ep2dp2")

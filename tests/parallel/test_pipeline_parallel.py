@@ -30,6 +30,7 @@ def test_pp2_equals_one_process(tmp_path, one_process, mode):
             assert rec[key] == pytest.approx(rec_ref[key], rel=1e-6), key
 
 
+@pytest.mark.slow
 def test_pp2_x_dp2_moe_zero1_equals_one_process(tmp_path, one_process):
     run = str(tmp_path / "pp2dp2")
     assert train(run, "--mode", "moe", *ITERS, "--global-batch-size", "8", "--micro-batch-size", "2",

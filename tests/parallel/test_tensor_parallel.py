@@ -33,6 +33,7 @@ def test_tp2_equals_one_process(tmp_path, reference, mode):
     _assert_same(train_losses(run), reference[mode])
 
 
+@pytest.mark.slow
 def test_tp2_x_dp2_equals_one_process(tmp_path, reference):
     run = str(tmp_path / "tp2dp2")
     assert train(run, "--mode", "dense", "--train-iters", "5", "--global-batch-size", "4",

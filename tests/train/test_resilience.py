@@ -24,7 +24,7 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 @pytest.mark.parametrize("mode, extra", [
-    ("dense", []), ("mod", []),
+    pytest.param("dense", [], marks=pytest.mark.slow), pytest.param("mod", [], marks=pytest.mark.slow),
     # Capacity and the balance loss depend on the local batch, so MoE matches exactly only
     # dropless with the balance coefficient at 0 (the z-loss is a per-token mean: it matches).
     ("moe", ["--moe-dropless", "--moe-aux-loss-coeff", "0"]),

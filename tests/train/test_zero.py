@@ -17,8 +17,9 @@ def reference(tmp_path_factory):
     return train_losses(run)
 
 
-@pytest.mark.parametrize("name, rel", [("zero1", 1e-6), ("zero2", 1e-6), ("zero3", 1e-6),
-                                       ("bf16_zero1", 2e-2), ("bf16_zero3", 2e-2),
+@pytest.mark.parametrize("name, rel", [("zero1", 1e-6), pytest.param("zero2", 1e-6, marks=pytest.mark.slow),
+                                       ("zero3", 1e-6), pytest.param("bf16_zero1", 2e-2, marks=pytest.mark.slow),
+                                       ("bf16_zero3", 2e-2),
                                        pytest.param("bf16_zero3_offload", 2e-2, marks=pytest.mark.slow)])
 def test_shipped_config_trains_like_zero0(tmp_path, reference, name, rel):
     run = str(tmp_path / name)
