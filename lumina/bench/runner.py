@@ -173,9 +173,11 @@ def loss_verdict(diffs: list[float], tolerance: float = LOSS_TOLERANCE) -> tuple
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
     if mean <= tolerance:
         return se, "yes"
+    if se is None:
+        return se, "undecided"
     # Past 10 degrees of freedom the last quantile is kept: larger, so a "no" needs more, not less.
-    t = T95_ONE_SIDED[min(len(diffs) - 1, len(T95_ONE_SIDED)) - 1] if se is not None else None
-    return se, ("no" if se is not None and mean - t * se > tolerance else "undecided")
+    t = T95_ONE_SIDED[min(len(diffs) - 1, len(T95_ONE_SIDED)) - 1]
+    return se, "no" if mean - t * se > tolerance else "undecided"
 
 
 def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] | None = None) -> list[dict]:

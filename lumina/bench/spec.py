@@ -76,12 +76,15 @@ class BenchSpec:
 def default_spec(debug_tokens: int = 262_144, debug_200m_tokens: int = 4_096) -> BenchSpec:
     """debug at its own batch (8 x 128) for 256K tokens; debug_200m at 1 x 256 for 4K tokens; the
     speed trial at debug takes 10 rounds of 4 steps per system, at debug_200m (seconds a step) 5
-    rounds of 1. The loss comparison with the HF models runs at six seeds at debug: at three, the
-    paired differences' standard deviations were 0.022 (dense) and 0.035 (moe) in the run of
-    commit 7dcf9d2, so the mean's standard error (0.013, 0.020) was as large as the 0.02 tolerance; at debug_200m (a
-    minute a run) at three. The
-    debug_200m moe and hybrid models hold 1.2B parameters: 18 GiB of FP32 weights, gradients and
-    Adam states, more than a 24 GiB CPU machine can train with activations and the baselines
+    rounds of 1.
+
+    The loss comparison with the HF models runs at six seeds at debug. At three, in the run of
+    commit 7dcf9d2, the paired differences' standard deviations were 0.022 (dense) and 0.035 (moe),
+    so the mean's standard error (0.013, 0.020) was as large as the 0.02 tolerance. debug_200m
+    (a minute a run) keeps three.
+
+    The debug_200m moe and hybrid models hold 1.2B parameters: 18 GiB of FP32 weights, gradients
+    and Adam states, more than a 24 GiB CPU machine can train with activations and the baselines
     beside it, so at that size only dense and mod run (and HF Llama against dense)."""
     return BenchSpec(sizes=(
         SizeRun("debug", debug_tokens, 8, 128, loss_seeds=(1, 2, 3, 4, 5), speed_rounds=10, speed_steps=4,
