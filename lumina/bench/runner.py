@@ -165,19 +165,19 @@ def _paired_differences(ours: dict, base: dict, seeds: list[dict]) -> list[float
     return diffs + [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
 
 
-def loss_verdict(diffs: list[float], tolerance: float = LOSS_TOLERANCE) -> tuple[float | None, str]:
-    """The standard error of the mean paired difference (None for one seed) and the verdict:
+def loss_verdict(diffs: list[float], tolerance: float = LOSS_TOLERANCE) -> tuple[float, float | None, str]:
+    """The mean paired difference, its standard error (None for one seed) and the verdict:
     "yes" when the mean is within the tolerance; "no" when it exceeds the tolerance by more than
     a one-sided 95% t-interval; otherwise "undecided" (one seed, or within the seeds' scatter)."""
     mean = sum(diffs) / len(diffs)
     se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
     if mean <= tolerance:
-        return se, "yes"
+        return mean, se, "yes"
     if se is None:
-        return se, "undecided"
+        return mean, se, "undecided"
     # Past 10 degrees of freedom the last quantile is kept: larger, so a "no" needs more, not less.
     t = T95_ONE_SIDED[min(len(diffs) - 1, len(T95_ONE_SIDED)) - 1]
-    return se, "no" if mean - t * se > tolerance else "undecided"
+    return mean, se, "no" if mean - t * se > tolerance else "undecided"
 
 
 def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] | None = None) -> list[dict]:
@@ -197,8 +197,7 @@ def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] 
         ratio = ours["tokens_per_s"] / base["tokens_per_s"]
         judged = trial["ratio"] if trial else ratio
         diffs = _paired_differences(ours, base, seeds or [])
-        mean = sum(diffs) / len(diffs)
-        se, verdict = loss_verdict(diffs)
+        mean, se, verdict = loss_verdict(diffs)
         out.append({"size": base["size"], "mode": base["mode"], "baseline": base["system"],
                     "lumina_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
                     "ratio": ratio, "side_by_side_ratio": trial["ratio"] if trial else None,

@@ -35,7 +35,7 @@ from lumina.ops import backend
 from lumina.ops import routing_reference
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_FP32_64 = (torch.float32, torch.float64)  # the attention and loss kernels' dtypes
+_FP32_64 = (torch.float32, torch.float64)  # the dtypes of the attention, loss and router-loss kernels
 
 
 def _cpu_kernel(op: str, *tensors: Tensor, dtypes: tuple[torch.dtype, ...] = _DTYPES):

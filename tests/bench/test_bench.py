@@ -143,17 +143,17 @@ def test_the_loss_verdict_is_on_the_mean_paired_difference_over_seeds():
 def test_a_loss_is_worse_only_beyond_the_seeds_scatter():
     from lumina.bench.runner import LOSS_TOLERANCE, loss_verdict
 
-    assert loss_verdict([0.02, -0.01, 0.03]) == (pytest.approx(0.01202, abs=1e-4), "yes")
+    assert loss_verdict([0.02, -0.01, 0.03]) == (pytest.approx(0.04 / 3), pytest.approx(0.01202, abs=1e-4), "yes")
     # mean 0.0245, standard error 0.0204: t(2) = 2.92 standard errors reach far below the tolerance
-    assert loss_verdict([0.0408, -0.016, 0.0486])[1] == "undecided"
+    assert loss_verdict([0.0408, -0.016, 0.0486])[2] == "undecided"
     # mean 0.05, standard error 0.0058: 0.05 - 2.92 x 0.0058 = 0.033 > 0.02
-    assert loss_verdict([0.04, 0.05, 0.06]) == (pytest.approx(0.005774, abs=1e-5), "no")
+    assert loss_verdict([0.04, 0.05, 0.06]) == (pytest.approx(0.05), pytest.approx(0.005774, abs=1e-5), "no")
     # one seed far above: no scatter, so undecided however large
-    assert loss_verdict([1.0]) == (None, "undecided")
+    assert loss_verdict([1.0]) == (1.0, None, "undecided")
     # exactly at the tolerance is within it
-    assert loss_verdict([LOSS_TOLERANCE, LOSS_TOLERANCE])[1] == "yes"
+    assert loss_verdict([LOSS_TOLERANCE, LOSS_TOLERANCE])[2] == "yes"
     # more seeds than the table: the last (largest) quantile is kept
-    assert loss_verdict([0.03] * 11 + [0.031])[1] == "no"
+    assert loss_verdict([0.03] * 11 + [0.031])[2] == "no"
 
 
 def test_the_results_schema_names_a_bad_verdict():
