@@ -23,159 +23,49 @@ rank with 2+ threads can stall on its OpenMP barriers (steps 10-50x slower); --t
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import multiprocessing as mp
 import os
-import socket
 import statistics
 import tempfile
 import time
 from typing import Any
 
-# Collectives wrapped for counting, with the tensor argument that holds the logical payload:
-# the full buffer an all-reduce reduces, the gathered output of an all-gather, the full input of
-# a reduce-scatter (so all-reduce = reduce-scatter + all-gather in these units).
-_PAYLOAD_ARG = {
-    "all_reduce": ("tensor", 0), "reduce": ("tensor", 0), "broadcast": ("tensor", 0),
-    "all_reduce_coalesced": ("tensors", 0), "all_gather": ("tensor_list", 0),
-    "all_gather_into_tensor": ("output_tensor", 0), "_all_gather_base": ("output_tensor", 0),
-    "reduce_scatter": ("input_list", 1), "reduce_scatter_tensor": ("input", 1),
-    "_reduce_scatter_base": ("input", 1), "all_to_all_single": ("input", 1),
-    "all_to_all": ("input_tensor_list", 1), "gather": ("tensor", 0), "scatter": ("tensor", 0),
-}
-# Bytes each rank sends per payload byte, bandwidth-optimal (ring) algorithms on N ranks.
-_WIRE_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "all_reduce_coalesced": lambda n: 2 * (n - 1) / n,
-                "all_gather": lambda n: (n - 1) / n, "all_gather_into_tensor": lambda n: (n - 1) / n,
-                "_all_gather_base": lambda n: (n - 1) / n, "reduce_scatter": lambda n: (n - 1) / n,
-                "reduce_scatter_tensor": lambda n: (n - 1) / n, "_reduce_scatter_base": lambda n: (n - 1) / n,
-                "all_to_all_single": lambda n: (n - 1) / n, "all_to_all": lambda n: (n - 1) / n}
+from lumina.bench.collectives import CommCounter, spawn_ranks, wire_bytes
 
-# Calls below this many bytes are scalars (Lumina's loss mean and NaN flag, DeepSpeed's gradient
-# norm): listed apart from the gradient buckets.
-_SMALL = 1024
+def _rank(argv: list[str], warmup: int, iters: int) -> dict:
+    """One rank: build the Trainer, run warm-up then timed iterations; what the parent reports."""
+    import torch
+    import torch.distributed as dist
 
+    counter = CommCounter()
+    counter.install()  # before DeepSpeed caches its all-gather / reduce-scatter functions
+    from lumina.pretrain import build_parser
+    from lumina.train.loop import Trainer
 
-def _nbytes(value: Any) -> int:
-    if isinstance(value, (list, tuple)):
-        return sum(_nbytes(v) for v in value)
-    return value.numel() * value.element_size() if hasattr(value, "numel") else 0
-
-
-class CommCounter:
-    """Counts calls and payload bytes of torch.distributed collectives while `active`."""
-
-    def __init__(self) -> None:
-        self.active = False
-        self.calls: dict[str, int] = {}
-        self.bytes: dict[str, int] = {}
-        self._depth = 0  # torch's legacy names call the new ones: count the outermost call only
-
-    def install(self) -> None:
-        import torch.distributed as dist
-        import torch.distributed.distributed_c10d as c10d
-
-        for name, (kw, pos) in _PAYLOAD_ARG.items():
-            original = getattr(c10d, name, None)
-            if original is None:
-                continue
-            wrapped = self._wrap(name, kw, pos, original)
-            # DeepSpeed reaches these both as torch.distributed.X and distributed_c10d.X.
-            setattr(c10d, name, wrapped)
-            if getattr(dist, name, None) is original:
-                setattr(dist, name, wrapped)
-
-    def _wrap(self, name: str, kw: str, pos: int, original):
-        @functools.wraps(original)
-        def counted(*args, **kwargs):
-            if self.active and self._depth == 0:
-                nbytes = _nbytes(kwargs[kw] if kw in kwargs else args[pos])
-                key = name if nbytes >= _SMALL else f"{name} (<{_SMALL} B)"
-                self.calls[key] = self.calls.get(key, 0) + 1
-                self.bytes[key] = self.bytes.get(key, 0) + nbytes
-            self._depth += 1
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self._depth -= 1
-
-        return counted
-
-
-def _rank(argv: list[str], env: dict[str, str], warmup: int, iters: int, queue) -> None:
-    """One rank: build the Trainer, run warm-up then timed iterations, report to the parent."""
-    os.environ.update(env)
-    try:
-        import torch
-        import torch.distributed as dist
-
-        counter = CommCounter()
-        counter.install()  # before DeepSpeed caches its all-gather / reduce-scatter functions
-        from lumina.pretrain import build_parser
-        from lumina.train.loop import Trainer
-
-        trainer = Trainer(build_parser().parse_args(argv))
-        for _ in range(warmup):
-            trainer.train_iteration()
-            trainer.iteration += 1
-        times = []
-        for _ in range(iters):
-            dist.barrier()  # start together, so a step's time includes waiting for the slower rank
-            start = time.perf_counter()
-            counter.active = True
-            trainer.train_iteration()
-            counter.active = False
-            times.append(time.perf_counter() - start)
-            trainer.iteration += 1
-        params = sum(p.numel() for p in trainer.engine.module.parameters() if p.requires_grad)
-        result = {"times": times, "params": params, "threads": torch.get_num_threads(),
-                  "calls": counter.calls, "bytes": counter.bytes}
-        dist.barrier()
-        dist.destroy_process_group()
-        queue.put((int(env["RANK"]), "ok", result))
-    except BaseException as exc:  # report, never hang the parent
-        import traceback
-
-        queue.put((int(env["RANK"]), "error", f"{exc!r}\n{traceback.format_exc()}"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    trainer = Trainer(build_parser().parse_args(argv))
+    for _ in range(warmup):
+        trainer.train_iteration()
+        trainer.iteration += 1
+    times = []
+    for _ in range(iters):
+        dist.barrier()  # start together, so a step's time includes waiting for the slower rank
+        start = time.perf_counter()
+        counter.active = True
+        trainer.train_iteration()
+        counter.active = False
+        times.append(time.perf_counter() - start)
+        trainer.iteration += 1
+    params = sum(p.numel() for p in trainer.engine.module.parameters() if p.requires_grad)
+    result = {"times": times, "params": params, "threads": torch.get_num_threads(),
+              "calls": counter.calls, "bytes": counter.bytes}
+    dist.barrier()
+    dist.destroy_process_group()
+    return result
 
 
 def run(world: int, argv: list[str], threads: int, warmup: int, iters: int, timeout: float) -> dict:
     """Spawn `world` fresh ranks (no DeepSpeed state shared between runs); rank 0's result."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = str(_free_port())
-    procs = []
-    for rank in range(world):
-        env = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": str(threads)}
-        saved = dict(os.environ)
-        os.environ.update(env)  # torch reads OMP_NUM_THREADS at import, in the child
-        try:
-            p = ctx.Process(target=_rank, args=(argv, env, warmup, iters, queue), daemon=True)
-            p.start()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        procs.append(p)
-    try:
-        results = {}
-        for _ in range(world):
-            rank, status, value = queue.get(timeout=timeout)
-            if status != "ok":
-                raise RuntimeError(f"rank {rank} failed: {value}")
-            results[rank] = value
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return results[0]
+    return spawn_ranks(world, _rank, (argv, warmup, iters), threads, timeout)[0]
 
 
 def computed_step_comm(stage: int, params: int) -> dict[str, int]:
@@ -189,10 +79,6 @@ def computed_step_comm(stage: int, params: int) -> dict[str, int]:
     """
     grads = params * 4
     return {"all_reduce": grads} if stage == 0 else {"all_reduce": grads, "all_gather_into_tensor": grads}
-
-
-def wire_bytes(op_bytes: dict[str, int], world: int) -> float:
-    return sum(_WIRE_FACTOR.get(op.split()[0], lambda n: 1.0)(world) * b for op, b in op_bytes.items())
 
 
 def main() -> None:

@@ -34,12 +34,16 @@ def planned_script(size: str, mode: str, python: str = "python3") -> str:
     return _with_header(render(spec), header(plan))
 
 
-def cpu_script(size: str, mode: str, tasks: int, extra: list[str], python: str, time: str) -> str:
+def cpu_script(size: str, mode: str, tasks: int, extra: list[str], python: str, time: str,
+               save_dir: str | None = None, log_dir: str = "logs") -> str:
+    """The CPU variant: `tasks` srun ranks on one node; checkpoints in checkpoints/<size>_<mode>_cpu
+    unless `save_dir` says otherwise (the SLURM tests keep theirs in a temporary directory)."""
     from lumina.launch.slurm import SlurmSpec, render
 
     spec = SlurmSpec(job_name=f"lumina-{size}-{mode}-cpu", nodes=1, ntasks_per_node=tasks, gpus_per_node=0,
                      time=time, train_args=("--preset", size, "--mode", mode, *extra),
-                     save_dir=f"checkpoints/{size}_{mode}_cpu", log_dir="logs", launcher="srun", python=python)
+                     save_dir=save_dir or f"checkpoints/{size}_{mode}_cpu", log_dir=log_dir, launcher="srun",
+                     python=python)
     return _with_header(render(spec), [f"CPU variant of {size}/{mode}: {tasks} ranks on one node, gloo"])
 
 

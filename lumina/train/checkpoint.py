@@ -84,16 +84,17 @@ def restore_expert_shards(module: torch.nn.Module, rank_state: dict) -> None:
         params[name].copy_(shard["tensor"].to(params[name].device, params[name].dtype))
 
 
-def _merge_expert_shards(ckpt: str) -> dict[str, torch.Tensor]:
+def _merge_expert_shards(ckpt: str, rename) -> dict[str, torch.Tensor]:
     """Whole expert tensors from every rank's expert shards: TP slices side by side, then the
-    expert blocks in offset order. Ranks that hold the same slice (expert data parallel) agree."""
+    expert blocks in offset order. Ranks that hold the same slice (expert data parallel) agree.
+    `rename` maps a shard's parameter name to its LuminaLM key."""
     pieces: dict[str, dict[int, dict[int, tuple]]] = {}
     for f in sorted(os.listdir(ckpt)):
         if not (f.startswith("rank_") and f.endswith(".pt")):
             continue
         state = torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False)
         for name, shard in state.get("experts", {}).items():
-            by_offset = pieces.setdefault(name, {}).setdefault(shard["offset"], {})
+            by_offset = pieces.setdefault(rename(name), {}).setdefault(shard["offset"], {})
             by_offset[shard["tp_rank"]] = (shard["tensor"], shard["tp_dim"])
     merged = {}
     for name, by_offset in pieces.items():
@@ -106,22 +107,38 @@ def _merge_expert_shards(ckpt: str) -> dict[str, torch.Tensor]:
     return merged
 
 
-def _merge_pipeline_layers(ckpt: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """One state dict from the per-layer files a DeepSpeed pipeline writes
-    (`layer_XX-model_states.pt`, XX the spec index; no TP, so no model-rank part, see lumina/parallel/pipeline.py)."""
+def _model_pieces(ckpt: str, cfg: ModelConfig, tp: int | None) -> tuple[dict[str, dict[int, torch.Tensor]], bool]:
+    """{LuminaLM key: {TP rank: tensor}} from DeepSpeed's model files, and whether they came from
+    a pipeline. DeepSpeed writes, by layout:
+    - no pipeline: `mp_rank_XX_model_states.pt`, XX the TP rank, LuminaLM keys;
+    - pipeline: `layer_SS-model_states.pt` per spec SS (`layer_SS-model_TT-model_states.pt` under
+      TP, TT the TP rank), keys relative to the spec (lumina.parallel.pipeline.lumina_key);
+    - pipeline with MoE layers (DeepSpeed's MoE save path): `mp_rank_XX_model_states.pt`, XX the
+      grid's model-parallel rank pp * TP + tp, keys of the whole PipelineModule."""
     import re
 
-    from lumina.parallel.pipeline import lumina_key
+    from lumina.parallel.pipeline import lumina_key, lumina_name
 
-    merged = {}
-    for f in sorted(os.listdir(ckpt)):
-        m = re.fullmatch(r"layer_(\d+)-model_states\.pt", f)
-        if m is None:
-            continue
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    files = sorted(os.listdir(ckpt))
+    layer_files = [(f, re.fullmatch(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt", f)) for f in files]
+    layer_files = [(f, m) for f, m in layer_files if m is not None]
+    for f, m in layer_files:
         state = torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False)
         for key, value in state.items():
-            merged[lumina_key(int(m.group(1)), key, cfg.num_layers)] = value.float()
-    return merged
+            pieces.setdefault(lumina_key(int(m.group(1)), key, cfg.num_layers), {})[int(m.group(2) or 0)] = value
+    if layer_files:
+        return pieces, True
+    shards = [f for f in files if re.fullmatch(r"mp_rank_\d+_model_states\.pt", f)]
+    pipeline = False
+    for f in shards:
+        module = torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False).get("module") or {}
+        index = int(f.split("_")[2])
+        pipeline = pipeline or any(k.split(".")[0].isdigit() or k.startswith("tied_modules.") for k in module)
+        for key, value in module.items():
+            name = lumina_name(key, cfg.num_layers) if pipeline else key
+            pieces.setdefault(name, {})[index % (tp or 1) if pipeline else index] = value
+    return pieces, pipeline
 
 
 def _prune(save_dir: str, keep_last: int) -> None:
@@ -164,25 +181,28 @@ def load_rank_state(load_dir: str, tag: str, rank: int) -> dict:
 
 
 def load_model_weights(load_dir: str) -> tuple[dict, dict]:
-    """(full model state_dict, metadata) from the latest checkpoint, for eval and generation.
-    Tensor-parallel shards (mp_rank_00, mp_rank_01, ...) are concatenated back, and expert-parallel
-    blocks are taken from the per-rank files."""
+    """(full model state_dict, metadata) from the latest checkpoint, for eval and generation, from
+    any layout: tensor-parallel shards are concatenated back, pipeline stages' files renamed to
+    LuminaLM's keys, and expert-parallel blocks taken from the per-rank files."""
     tag, meta = latest(load_dir)
     ckpt = os.path.join(load_dir, tag)
-    if any(f.startswith("layer_") for f in os.listdir(ckpt)):
-        return _merge_pipeline_layers(ckpt, ModelConfig.from_dict(meta["model"])), meta
-    shards = sorted(f for f in os.listdir(ckpt) if f.startswith("mp_rank_") and f.endswith("_model_states.pt"))
-    states = [torch.load(os.path.join(ckpt, f), map_location="cpu", weights_only=False).get("module") for f in shards]
-    if not shards or not states[0]:  # ZeRO-3 keeps parameters partitioned: consolidate them
+    cfg = ModelConfig.from_dict(meta["model"])
+    pieces, pipeline = _model_pieces(ckpt, cfg, meta.get("layout", {}).get("tp"))
+    if not pieces:  # ZeRO-3 keeps parameters partitioned: consolidate them
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        states = [get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag)]
-    full_shapes = _full_shapes(ModelConfig.from_dict(meta["model"]))
-    merged = _merge_expert_shards(ckpt)
-    for key, first in states[0].items():
+
+        pieces = {k: {0: v} for k, v in get_fp32_state_dict_from_zero_checkpoint(load_dir, tag=tag).items()}
+    full_shapes = _full_shapes(cfg)
+    from lumina.parallel.pipeline import lumina_name
+
+    merged = _merge_expert_shards(ckpt, (lambda n: lumina_name(n, cfg.num_layers)) if pipeline else (lambda n: n))
+    for key, by_rank in pieces.items():
         if key not in full_shapes or key in merged:  # e.g. megatron layers' `_extra_state` placeholders
             continue
+        slices = [by_rank[r] for r in sorted(by_rank)]
+        first = slices[0]
         dims = [d for d in range(first.dim()) if first.shape[d] != full_shapes[key][d]]
-        merged[key] = torch.cat([s[key] for s in states], dim=dims[0]).float() if dims else first.float()
+        merged[key] = torch.cat(slices, dim=dims[0]).float() if dims else first.float()
     return merged, meta
 
 

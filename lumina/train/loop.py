@@ -14,16 +14,18 @@ import torch
 
 from lumina.accounting import account
 from lumina.config import ModelConfig
-from lumina.model import LayerFactory, LuminaLM
+from lumina.model import LuminaLM
 from lumina.train import checkpoint, distributed
 from lumina.train.args import Resolved, resolve
 from lumina.parallel.dry_run import dry_run
 from lumina.parallel.layout import ParallelLayout, dry_run_world_size, layout_from_args
+from lumina.parallel.wiring import wire
 from lumina.train.dsconfig import bf16_enabled, zero_stage_of
 from lumina.train.dsconfig import build as build_ds_config
 from lumina.train.hardware import describe_device, peak_memory_bytes, peak_tflops
 from lumina.train.metrics import MetricsLogger, summary_table, write_summary
 from lumina.train.optim import lr_at, make_optimizer, param_groups
+from lumina.train.step import PipeStep, PlainStep
 
 EXIT_NONFINITE = 3
 
@@ -91,17 +93,6 @@ class Trainer:
         self.stop = _StopFlag()
         distributed.ensure_env()
         res, self.cfg, self.ds_config, self.layout, self.tokenizer = plan_layout(args)
-        if args.sequence_parallel:
-            raise ValueError("--sequence-parallel is not supported: megatron-core's sequence-parallel "
-                             "layers allocate their all-gather buffer on CUDA (GlobalMemoryBuffer, which fails "
-                             "on CPU), and Lumina's norms, routers and MoD would need their gradients reduced "
-                             "over the TP group, which it does not do yet. Drop the flag; "
-                             "--recompute-activations saves activation memory instead")
-        if self.layout.pp > 1 and (self.layout.tp > 1 or self.layout.ep > 1):
-            raise ValueError(f"--pipeline-model-parallel-size {self.layout.pp} with tensor or expert parallel "
-                             "(here TP {}, EP {}) is validated and shown by --dry-run, but the trainer does not "
-                             "run that combination yet (docs/parallelism.md, Status): use pipeline with data "
-                             "parallel, or tensor/expert parallel without pipeline".format(self.layout.tp, self.layout.ep))
         self.res = res
         self.seq = self.cfg.seq_length
         self.resume = None
@@ -120,44 +111,35 @@ class Trainer:
         self.dp_rank = self.layout.coords(self.rank).dp  # TP peers read the same data
         self.train_loader, self.valid_loader = _data(args, self.seq, res.micro_batch_size, self.dp_rank,
                                                      res.dp_size, self.tokenizer)
-        layers, mpu, ep = LayerFactory(), None, None
-        if self.layout.tp > 1 or self.layout.ep > 1:
-            from lumina.parallel import groups
-
-            groups.initialize(self.layout)
-            if self.layout.tp > 1:
-                from lumina.parallel.tensor import MegatronTPLayers
-
-                layers, mpu = MegatronTPLayers(groups.tp_group()), groups.DeepSpeedMPU()
-        if self.layout.ep > 1:
-            from lumina.parallel.expert import create_groups
-
-            ep = layers.expert_parallel = create_groups(self.layout, mpu)
-        self.tp_group = getattr(layers, "group", None)
-        self.ep = ep
+        self.wiring = wire(self.layout, args.sequence_parallel)
+        ep = self.wiring.ep
         torch.manual_seed(args.seed)
-        self.pipe, self._pipe_nonfinite = self.layout.pp > 1, False
-        if self.pipe:
+        if self.layout.pp > 1:
             from lumina.parallel import pipeline
 
-            model = pipeline.build(self.cfg, self.layout, args.seed, args.recompute_activations)
+            model = pipeline.build(self.cfg, self.layout, args.seed, args.recompute_activations, self.wiring.layers)
         else:
-            model = LuminaLM(self.cfg, layers, init_seed=args.seed)  # same weights under any layout
+            model = LuminaLM(self.cfg, self.wiring.layers, init_seed=args.seed)  # same weights under any layout
             model.set_activation_checkpointing(args.recompute_activations)
         zero = self.ds_config.get("zero_optimization", {})
         offload = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
         groups_ = param_groups(model, args.weight_decay, ep.group_name if ep else "experts")
         self.optimizer = make_optimizer(groups_, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps, offload)
-        # At ZeRO-0 in FP32 Lumina computes the true global gradient norm itself (_unsharded_grad_norm,
-        # for the log) and clips by it: DeepSpeed's clipping there misjudges the norm under expert
-        # parallel (it averages per-rank norms that each see only their own experts) and pipeline
-        # parallel (it counts the tied embedding twice and non-TP weights only on stage 0), and
-        # elsewhere would compute the same norm a second time every step.
-        self.clip = None
-        if zero.get("stage", 0) == 0 and not bf16_enabled(self.ds_config):
-            self.clip = self.ds_config.get("gradient_clipping", 0.0) or None
+        self.bf16 = bf16_enabled(self.ds_config)
+        # At ZeRO-0 Lumina computes the true global gradient norm itself and clips by it
+        # (lumina/train/gradnorm.py says why DeepSpeed's is wrong there), except under DeepSpeed's
+        # BF16 optimizer, which a bf16 pipeline gets and which counts every gradient once itself.
+        own_norm = zero.get("stage", 0) == 0 and not (self.bf16 and self.layout.pp > 1)
+        clip = None
+        if own_norm:
+            clip = self.ds_config.get("gradient_clipping", 0.0) or None
             # 0, not absent: DeepSpeed 0.19's default for an absent gradient_clipping is 1.0.
             self.ds_config["gradient_clipping"] = 0.0
+        if self.layout.pp > 1:
+            # DeepSpeed's activation partitioning splits only the first tensor of a stage's output
+            # over the TP group and assumes the rest small; Megatron-DeepSpeed turns it off with
+            # MoE. Lumina sends the whole (hidden, aux) pair: one code path for every layout.
+            self.ds_config.setdefault("pipeline", {}).update(pipe_partitioned=False, grad_partitioned=False)
         import deepspeed
 
         ctx = contextlib.nullcontext()
@@ -168,16 +150,13 @@ class Trainer:
             ctx = deepspeed_sees_lumina_moe(MoE)
         with ctx:
             self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer,
-                                                        config=self.ds_config, mpu=mpu)
+                                                        config=self.ds_config, mpu=self.wiring.mpu)
         self.model: LuminaLM = self.engine.module  # a PipelineModule under pipeline parallel
         if res.world_size == 1 and zero.get("stage", 0) == 0:
             # One process has nothing to all-reduce, but DeepSpeed's ZeRO-0 backward still copies
             # every gradient into flat buckets and back (a full extra copy, each step).
             self.engine.enable_backward_allreduce = False
-        if self.pipe:  # the skip decision needs the last stage's loss, so all ranks agree at the step
-            self.optimizer.decide_skip = self._pipe_before_step
-            self.model.loss_fn = self._pipe_loss
-        self.bf16 = bf16_enabled(self.ds_config)
+        self.step = (PipeStep if self.layout.pp > 1 else PlainStep)(self, clip, own_norm)
         self.iteration = 0
         if self.resume is not None:
             tag, meta = self.resume
@@ -194,11 +173,6 @@ class Trainer:
                                  progress=not args.no_progress)
 
     # -- one iteration ----------------------------------------------------------------------
-    def _zero_loss(self) -> torch.Tensor:
-        """A loss whose gradient is exactly zero for every parameter: keeps DeepSpeed's
-        accumulation and gradient hooks in step when a micro-batch is skipped."""
-        return sum(p.sum() for p in self.engine.module.parameters()) * 0.0
-
     def train_iteration(self) -> float | None:
         """Run one global batch. Returns the mean LM loss over DP, or None when a non-finite loss
         made every rank skip the update."""
@@ -207,148 +181,25 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        if self.pipe:
-            return self._train_iteration_pipe()
-        lm_losses, skipped, self.grad_norm = [], False, None
-        for _ in range(self.res.grad_accum):
-            batch = self.train_loader.next_batch().to(self.device)  # consumed even when skipped
-            if skipped:
-                self.engine.backward(self._zero_loss())
-                self.engine.step()
-                continue
-            out = self.engine(batch[:, :-1], labels=batch[:, 1:])
-            loss = out.loss + out.aux_loss
-            if self.iteration + 1 in self.args.debug_nan_iters:
-                loss = loss * float("nan")
-            if distributed.any_rank(not bool(torch.isfinite(loss)), self.device):
-                skipped = True
-                self.optimizer.skip_next = True  # consumed by the step at the accumulation boundary
-                self.engine.backward(self._zero_loss())
-            else:
-                self.engine.backward(loss)
-                lm_losses.append(float(out.loss.detach()))
-            if self.engine.is_gradient_accumulation_boundary():
-                self.grad_norm = self._unsharded_grad_norm()
-            self.engine.step()
-        if skipped:
-            return None
-        return distributed.all_reduce_mean([sum(lm_losses) / len(lm_losses)], self.device)[0]
+        return self.step.train(poison=self.iteration + 1 in self.args.debug_nan_iters)
 
-    def _batches(self, loader, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """`count` micro-batches as (inputs, labels). Every stage reads them (only the first and
-        last use them) so all ranks' loader states stay in step for checkpoints."""
-        out = []
-        for _ in range(count):
-            batch = loader.next_batch().to(self.device)
-            out.append((batch[:, :-1], batch[:, 1:]))
-        return out
-
-    def _train_iteration_pipe(self) -> float | None:
-        """One global batch through DeepSpeed's pipeline schedule (1F1B), optimizer step included."""
-        self.grad_norm = None
-        self.model.lm_losses.clear()
-        self.model.poison_next = self.iteration + 1 in self.args.debug_nan_iters
-        self._pipe_nonfinite = False
-        batches = self._batches(self.train_loader, self.res.grad_accum)
-        self.engine.train_batch(iter(batches))
-        if self.optimizer.skipped_last:
-            return None
-        return self._pipe_lm_loss()
-
-    def _pipe_loss(self, outputs, labels) -> torch.Tensor:
-        """The last stage's loss; a non-finite one is recorded for the step's skip decision."""
-        loss = self.model.lm_loss(outputs, labels)
-        self._pipe_nonfinite |= not bool(torch.isfinite(loss))
-        return loss
-
-    def _pipe_before_step(self) -> bool:
-        """Run by every rank inside the optimizer step, after the gradients are reduced: whether to
-        skip (a non-finite loss on any last stage), else the gradient norm and Lumina's clipping."""
-        if distributed.any_rank(self._pipe_nonfinite, self.device):
-            return True
-        self.grad_norm = self._unsharded_grad_norm()
-        return False
-
-    def _pipe_lm_loss(self) -> float:
-        """Mean LM loss of the last stages' micro-batches, on every rank."""
-        import torch.distributed as dist
-
-        local = self.model.lm_losses
-        t = torch.tensor([float(sum(local)) if local else 0.0, float(len(local))], dtype=torch.float64,
-                         device=self.device)
-        dist.all_reduce(t)
-        self.model.lm_losses.clear()
-        return float(t[0] / t[1])
-
-    def _unsharded_grad_norm(self) -> float | None:
-        """Pre-clip global gradient norm when DeepSpeed does not track one (ZeRO-0, fp32): the
-        gradients are already all-reduced at the boundary, so each rank's dense gradients are the
-        global ones. Under expert parallel, clips by it (see `self.clip`)."""
-        if self.engine.zero_optimization() or self.bf16:
-            return None
-        import torch.distributed as dist
-
-        # [TP-sharded, replicated] squared sums; expert weights differ over the EP group too.
-        # Per-tensor norms in one fused call each (no FP64 copy of every gradient), summed in FP64.
-        grads: dict[tuple[bool, int], list[torch.Tensor]] = {}
-        for p in self.engine.module.parameters():
-            if p.grad is None:
-                continue
-            if getattr(p, "ds_pipe_replicated", False):  # the last stage's copy of a tied embedding
-                continue
-            key = (getattr(p, "allreduce", True) is False, 0 if getattr(p, "tensor_model_parallel", False) else 1)
-            grads.setdefault(key, []).append(p.grad.detach())
-        dense, experts = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
-        for (is_expert, slot), tensors in grads.items():
-            norms = torch.stack(torch._foreach_norm(tensors)).double().cpu()
-            (experts if is_expert else dense)[slot] += norms.pow(2).sum()
-        if self.ep is not None:
-            experts = experts.to(self.device)
-            dist.all_reduce(experts, group=self.ep.group)
-        dense = dense + experts.cpu()
-        if self.pipe:  # each stage holds its own layers
-            dense = dense.to(self.device)
-            dist.all_reduce(dense, group=self.model._grid.get_pipe_parallel_group())
-            dense = dense.cpu()
-        sharded = dense[:1].to(self.device)
-        if self.tp_group is not None:
-            dist.all_reduce(sharded, group=self.tp_group)
-        norm = float((sharded.cpu()[0] + dense[1]).sqrt())
-        if self.clip is not None and norm > self.clip:
-            coef = self.clip / (norm + 1e-6)  # DeepSpeed's and torch's clip_grad_norm_ formula
-            for p in self.engine.module.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(coef)
-        return norm
-
-    @torch.no_grad()
     def evaluate(self) -> float | None:
         """Mean held-out LM loss over --eval-iters micro-batches, the same batches every time."""
         if self.args.eval_iters == 0:
             return None
         state = self.valid_loader.state_dict()
-        if self.pipe:
-            batches = self._batches(self.valid_loader, self.args.eval_iters)
-            self.model.lm_losses.clear()
-            self.engine.eval_batch(iter(batches), num_micro_batches=self.args.eval_iters)
-            self.valid_loader.load_state_dict(state)
-            self.model.train()
-            return self._pipe_lm_loss()
-        self.model.eval()
-        total = 0.0
-        for _ in range(self.args.eval_iters):
-            batch = self.valid_loader.next_batch().to(self.device)
-            total += float(self.model(batch[:, :-1], labels=batch[:, 1:]).loss)
+        loss = self.step.evaluate(self.args.eval_iters)
         self.valid_loader.load_state_dict(state)
-        self.model.train()
-        return distributed.all_reduce_mean([total / self.args.eval_iters], self.device)[0]
+        return loss
 
     # -- the job ----------------------------------------------------------------------------
     def save(self) -> str:
         return checkpoint.save(self.engine, self.save_dir, self.iteration, self.cfg,
                                self.train_loader.state_dict(), self.res.world_size, self.args.keep_last,
                                {"preset": self.cfg.name, "mode": self.cfg.mode,
-                                "tokenizer_sha256": self.tokenizer.sha256})
+                                "tokenizer_sha256": self.tokenizer.sha256,
+                                "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "ep": self.layout.ep,
+                                           "dp": self.layout.dp}})
 
     def run(self) -> int:
         args, res = self.args, self.res
@@ -386,7 +237,7 @@ class Trainer:
             if self.iteration % args.log_interval == 0 or self.iteration == args.train_iters:
                 elapsed = time.perf_counter() - window_start
                 if loss is not None:  # routing stats of the last forward: read (and synced) only here
-                    stats = self._routing_stats()
+                    stats = self.step.routing_stats()
                 self.log.log(self._train_record(last_loss, stats, window_iters * tokens_per_iter / elapsed))
                 window_start, window_iters = time.perf_counter(), 0
             if self.iteration % args.eval_interval == 0 or self.iteration == args.train_iters:
@@ -421,32 +272,16 @@ class Trainer:
         self.log.close()
         return 0
 
-    def _routing_stats(self) -> dict:
-        if not self.pipe:
-            return self.model.routing_stats()
-        import torch.distributed as dist
-
-        from lumina.model.transformer import summarize_routing
-
-        gathered: list = [None] * dist.get_world_size()  # each stage knows its own layers
-        dist.all_gather_object(gathered, self.model.routing_layers() if self.layout.coords(self.rank).dp == 0 else [])
-        return summarize_routing([layer for stage in gathered for layer in stage])
-
     def _train_record(self, loss: float | None, stats: dict, tokens_per_s: float) -> dict:
         tflops = self.acc.flops_per_token * tokens_per_s / 1e12 / self.res.world_size
         record = {"iteration": self.iteration, "split": "train", "loss": loss,
                   "ppl": math.exp(min(loss, 50.0)) if loss is not None else None,
-                  "lr": self.lr, "grad_norm": _grad_norm(self.engine, self.grad_norm),
+                  "lr": self.lr, "grad_norm": self.step.logged_grad_norm(),
                   "tokens_per_s": tokens_per_s, "tflops": tflops, "mfu": tflops / self.peak,
                   "peak_mem_gb": peak_memory_bytes(self.device) / 2**30,
                   "mod_flops_ratio": self.acc.mod_flops_ratio if self.cfg.mod else None}
         record.update(stats)
         return record
-
-
-def _grad_norm(engine, fallback: float | None) -> float | None:
-    norm = engine.get_global_grad_norm()
-    return float(norm) if norm is not None else fallback
 
 
 def train(args: argparse.Namespace) -> int:

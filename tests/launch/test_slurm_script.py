@@ -1,10 +1,12 @@
 """lumina/launch/slurm.py without a cluster: the rendered text, its quoting, its validation, and
-the script itself run by bash against stand-ins for srun, scontrol, scancel and the interpreter."""
+the script itself, with the committed launcher it execs (lumina/launch/slurm_job.sh), run by bash
+against stand-ins for srun, scontrol, scancel and the interpreter."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -12,9 +14,11 @@ import time
 
 import pytest
 
-from lumina.launch.slurm import LAUNCHERS, SlurmSpec, render, time_limit_seconds
+from lumina.launch.slurm import LAUNCHER_SCRIPT, LAUNCHERS, SlurmSpec, render, time_limit_seconds
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 GPU = SlurmSpec(job_name="lumina-b300-moe", nodes=2, ntasks_per_node=8, gpus_per_node=8, time="2-00:00:00",
                 train_args=("--preset", "b300", "--mode", "moe", "--tensor-model-parallel-size", "8", "--bf16"),
@@ -117,6 +121,18 @@ def test_every_variant_passes_bash_n(base, launcher, tmp_path):
     bash_n(render(dataclasses.replace(base, launcher=launcher)), tmp_path)
 
 
+def test_the_committed_launcher_passes_bash_n(tmp_path):
+    bash_n((REPO / LAUNCHER_SCRIPT).read_text(), tmp_path)
+
+
+def test_the_script_ends_by_execing_the_launcher():
+    # exec keeps the batch shell's process, which --signal=B:USR1 signals and where the trap is set.
+    lines = render(GPU).splitlines()
+    exec_line = next(i for i, line in enumerate(lines) if line.startswith("exec "))
+    assert lines[exec_line].startswith(f'exec bash "$ROOT/{LAUNCHER_SCRIPT}" --launcher deepspeed ')
+    assert len(lines) == exec_line + 2 and lines[-1].endswith(' -- "${TRAIN_ARGS[@]}"')  # nothing runs after it
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_values_are_quoted(value, tmp_path):
     spec = dataclasses.replace(GPU, job_name=value.replace("/", "_"), save_dir=value, log_dir=value,
@@ -215,8 +231,9 @@ class Job:
 
     def __init__(self, tmp_path):
         self.root = tmp_path / "repo $(touch pwned)"
-        (self.root / "lumina").mkdir(parents=True)
+        (self.root / LAUNCHER_SCRIPT).parent.mkdir(parents=True)
         (self.root / "lumina" / "pretrain.py").write_text("")
+        shutil.copy(REPO / LAUNCHER_SCRIPT, self.root / LAUNCHER_SCRIPT)
         self.bin = tmp_path / "bin 'x' $(id)"
         self.bin.mkdir()
         for name in ("srun", "scontrol", "scancel", "python"):
@@ -337,3 +354,21 @@ def test_outside_the_repository_the_script_says_how_to_submit(job, tmp_path):
     assert not (job.log / "srun.argv").exists()
     # LUMINA_ROOT wins over the submit directory.
     assert job.run(job.spec(CPU), SLURM_SUBMIT_DIR=str(tmp_path), LUMINA_ROOT=str(job.root)).returncode == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--launcher", "mpirun", "--", "--preset", "debug"],
+     "--launcher 'mpirun' is not one of deepspeed, torchrun, srun"),
+    (["--launcher", "srun", "--python", "python", "--save", "x", "--nodes", "1", "--"],
+     "--python, --save, --nodes and --ntasks-per-node are all required"),
+    (["--launcher", "srun", "--gpus", "8", "--"], "unknown option --gpus"),
+    (["--launcher", "srun", "--python"], "--python has no value"),
+    (["--launcher", "srun"], "no -- before the training flags"),
+])
+def test_the_launcher_refuses_bad_options_before_running_anything(job, argv, message):
+    """A hand-written batch script (or a generator change) calling the launcher wrongly fails
+    with the reason, and starts nothing."""
+    result = subprocess.run(["bash", str(job.root / LAUNCHER_SCRIPT), *argv], env=job.env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not any(job.log.iterdir())

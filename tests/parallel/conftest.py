@@ -30,24 +30,39 @@ def assert_same_losses(losses: dict, reference: dict) -> None:
         assert losses[i] == pytest.approx(reference[i], rel=1e-5), f"iteration {i}"
 
 
-def assert_resume_is_exact(tmp_path, *args: str, world_size: int) -> str:
-    """Train 6 iterations saving at 3 and 6, resume a second run from iteration 3 on the same
-    layout, and check iterations 4-6 are bit-equal. Returns the first run's checkpoint dir, with
-    `latest` pointing at iteration 6 again."""
+def assert_same_run(run: str, reference: str) -> None:
+    """Losses and the logged global gradient norms equal the reference run's (fp32, relative
+    1e-5). The norm catches a gradient counted twice or missed on some rank (a stage's, an expert
+    block's, a TP shard's), which the losses show only once clipping engages."""
+    from tests.train.runs import metrics, train_losses
+
+    assert_same_losses(train_losses(run), train_losses(reference))
+    norms = {r["iteration"]: r["grad_norm"] for r in metrics(run) if r["split"] == "train"}
+    ref = {r["iteration"]: r["grad_norm"] for r in metrics(reference) if r["split"] == "train"}
+    assert sorted(norms) == sorted(ref)
+    for i in ref:
+        assert norms[i] == pytest.approx(ref[i], rel=1e-5), f"grad norm, iteration {i}"
+
+
+def assert_resume_is_exact(tmp_path, *args: str, world_size: int, iters: int = 6, resume_at: int = 3,
+                           timeout: float = 300.0) -> str:
+    """Train `iters` iterations saving every `resume_at`, resume a second run from iteration
+    `resume_at` on the same layout, and check the later iterations are bit-equal. Returns the
+    first run's checkpoint dir, with `latest` pointing at its last iteration again."""
     import os
 
     from tests.train.runs import train, train_losses
 
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    args = (*args, "--train-iters", "6", "--save-interval", "3")
-    assert train(full, *args, world_size=world_size) == 0
+    args = (*args, "--train-iters", str(iters), "--save-interval", str(resume_at))
+    assert train(full, *args, world_size=world_size, timeout=timeout) == 0
     ckpts = os.path.join(full, "checkpoints")
     latest = os.path.join(ckpts, "latest")
     with open(latest, "w") as f:
-        f.write("iter_0000003")
-    assert train(part, *args, "--load", ckpts, world_size=world_size) == 0
+        f.write(f"iter_{resume_at:07d}")
+    assert train(part, *args, "--load", ckpts, world_size=world_size, timeout=timeout) == 0
     a, b = train_losses(full), train_losses(part)
-    assert sorted(b) == [4, 5, 6] and [b[i] for i in b] == [a[i] for i in b]
+    assert sorted(b) == list(range(resume_at + 1, iters + 1)) and [b[i] for i in b] == [a[i] for i in b]
     with open(latest, "w") as f:
-        f.write("iter_0000006")
+        f.write(f"iter_{iters:07d}")
     return ckpts

@@ -4,7 +4,8 @@ munged (as user munge), slurmctld and slurmd run as root with all their state, s
 configuration in a fresh directory and on free ports, so two sessions never share a cluster.
 No slurmdbd: `scontrol show job` reports a finished job's state and exit code for MinJobAge
 (300 s) after it ends, which is all these tests read. proctrack/linuxproc and task/none: there
-is no cgroup hierarchy SLURM can use inside the sandbox these tests run in.
+is no cgroup hierarchy SLURM can use inside the sandbox these tests run in. The node declares at
+least 8 CPUs, whatever the machine has, so that an 8-rank job is scheduled (see _node_line).
 
 Teardown cancels whatever is still queued, then stops the daemons by the PIDs it recorded.
 """
@@ -27,6 +28,7 @@ import pytest
 INSTALL_HINT = "install it with `bash scripts/install_slurm.sh` (Debian: slurm-wlm and munge)"
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue", "scancel", "srun")
 MUNGE_KEY = "/etc/munge/munge.key"  # created by the Debian munge package
+MIN_CPUS = 8  # the node's CPUs, at least: ranks in the largest test job (see _node_line)
 
 
 def _which(name: str) -> str | None:
@@ -40,16 +42,19 @@ def _free_port() -> int:
 
 
 def _node_line(host: str) -> str:
-    """This host's real CPUs and memory, as slurmd itself detects them (`slurmd -C`)."""
+    """This host's memory, and its CPUs as slurmd itself detects them (`slurmd -C`) but at least
+    MIN_CPUS: the 3D-layout test runs 8 ranks on this one node, and on a smaller machine they share
+    its cores (slurmd takes the declared count, SlurmdParameters=config_overrides; task/none binds
+    no task to a core)."""
     try:
         out = subprocess.run([_which("slurmd"), "-C"], capture_output=True, text=True, timeout=30, check=False).stdout
-        line = next(row for row in out.splitlines() if row.startswith("NodeName="))
-        line = f"NodeName={host} " + line.split(" ", 1)[1]
-    except (StopIteration, IndexError, OSError, subprocess.SubprocessError):
+        fields = dict(item.split("=", 1) for item in out.split() if "=" in item)
+        cpus, mem_mb = int(fields["CPUs"]), int(fields["RealMemory"])
+    except (KeyError, ValueError, OSError, subprocess.SubprocessError):
         with open("/proc/meminfo") as f:
             mem_mb = int(next(row for row in f if row.startswith("MemTotal:")).split()[1]) // 1024
-        line = f"NodeName={host} CPUs={os.cpu_count()} RealMemory={mem_mb}"
-    return f"{line} NodeAddr=127.0.0.1 State=UNKNOWN"
+        cpus = os.cpu_count() or 1
+    return f"NodeName={host} CPUs={max(cpus, MIN_CPUS)} RealMemory={mem_mb} NodeAddr=127.0.0.1 State=UNKNOWN"
 
 
 def _slurm_conf(root: str, host: str) -> str:
@@ -74,6 +79,7 @@ SlurmctldLogFile={root}/log/slurmctld.log
 SlurmdLogFile={root}/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
+SlurmdParameters=config_overrides
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none

@@ -1,5 +1,6 @@
 """Rendered batch scripts on a real one-node SLURM cluster: train, resume, preempt-and-requeue,
-hostile values through sbatch's own directive parser, and sbatch's environment overrides."""
+a 3D layout (TP x PP x EP), hostile values through sbatch's own directive parser, and sbatch's
+environment overrides."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from lumina.commands.slurm import cpu_script
 from lumina.launch.slurm import SlurmSpec, render
 from tests.train.runs import metrics
 
@@ -40,9 +42,13 @@ def job_env(cluster, tmp) -> dict:
 
 
 def submit(cluster, spec: SlurmSpec, env: dict, tmp, name: str = "job.sh") -> str:
-    os.makedirs(spec.log_dir, exist_ok=True)  # sbatch opens the log before the script runs
+    return submit_text(cluster, render(spec), spec.log_dir, env, tmp, name)
+
+
+def submit_text(cluster, text: str, log_dir: str, env: dict, tmp, name: str = "job.sh") -> str:
+    os.makedirs(log_dir, exist_ok=True)  # sbatch opens the log before the script runs
     script = tmp / name
-    script.write_text(render(spec))
+    script.write_text(text)
     return cluster.run("sbatch", "--parsable", str(script), env=env, cwd=REPO).stdout.strip().split(";")[0]
 
 
@@ -67,8 +73,8 @@ def log_of(fields: dict) -> str:
         return f.read()
 
 
-def finished(cluster, job: str) -> dict:
-    fields = wait_for(cluster, job, lambda f: f["JobState"] in ENDED)
+def finished(cluster, job: str, timeout: float = 150.0) -> dict:
+    fields = wait_for(cluster, job, lambda f: f["JobState"] in ENDED, timeout)
     assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), log_of(fields)
     return fields
 
@@ -95,6 +101,40 @@ def test_train_then_resume_from_the_checkpoint(slurm_cluster, tmp_path):
     assert [r["iteration"] for r in resumed] == [7, 8, 9], log_of(second)
     assert all(math.isfinite(r["loss"]) for r in resumed)
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "iter_0000009"
+
+
+THREE_D_ARGS = ("--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                "--expert-model-parallel-size", "2", "--seq-length", "64", "--micro-batch-size", "2",
+                "--global-batch-size", "8", "--log-interval", "1", "--eval-iters", "1", "--save-interval", "2",
+                "--no-progress")
+
+
+def test_3d_layout_on_one_node_completes_and_resumes(slurm_cluster, tmp_path):
+    """World 8 as TP2 x PP2 x DP2 with EP2, hybrid: the script `lumina slurm --cpu-tasks 8 --preset
+    debug --mode hybrid -- <flags>` writes (8 srun ranks on one node), with its checkpoints and logs
+    here. The node declares 8 CPUs or more (conftest), however few cores the machine has."""
+    env = job_env(slurm_cluster, tmp_path)
+    logs = str(tmp_path / "logs")
+
+    def script(train_iters: int) -> str:
+        return cpu_script("debug", "hybrid", 8, [*THREE_D_ARGS, "--train-iters", str(train_iters),
+                                                 "--run-dir", str(tmp_path / "run")],
+                          sys.executable, "00:15:00", save_dir=str(tmp_path / "ckpt"), log_dir=logs)
+
+    first = finished(slurm_cluster, submit_text(slurm_cluster, script(4), logs, env, tmp_path), timeout=600)
+    assert "(resuming)" not in log_of(first)
+    records = train_records(tmp_path / "run")
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4], log_of(first)
+    assert all(math.isfinite(r["loss"]) for r in records), records
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "iter_0000004"
+
+    second = finished(slurm_cluster, submit_text(slurm_cluster, script(6), logs, env, tmp_path, "job2.sh"),
+                      timeout=600)
+    assert "(resuming)" in log_of(second), log_of(second)
+    resumed = train_records(tmp_path / "run")[len(records):]
+    assert [r["iteration"] for r in resumed] == [5, 6], log_of(second)
+    assert all(math.isfinite(r["loss"]) for r in resumed)
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "iter_0000006"
 
 
 def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(slurm_cluster, tmp_path):
