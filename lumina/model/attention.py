@@ -30,11 +30,14 @@ class Attention(nn.Module):
         self.wo = layers.row(cfg.num_heads * hd, d, output_init_std(cfg))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape  # (B, T, D); T may be a MoD-selected subset in position order
-        q = self.wq(x).view(B, T, self.local_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.local_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.local_kv_heads, self.head_dim).transpose(1, 2)
+        """x: (B, T, D), or under sequence parallel a (B * T / TP, D) token shard that the q/k/v
+        projections all-gather; cos/sin: (B or 1, T, hd). T may be a MoD-selected subset."""
+        T, hd = cos.shape[-2], self.head_dim
+        q = self.wq(x).view(-1, T, self.local_heads, hd).transpose(1, 2)      # (B, H, T, hd)
+        k = self.wk(x).view(-1, T, self.local_kv_heads, hd).transpose(1, 2)
+        v = self.wv(x).view(-1, T, self.local_kv_heads, hd).transpose(1, 2)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         out = causal_attention(q, k, v)
-        return self.wo(out.transpose(1, 2).reshape(B, T, self.local_heads * self.head_dim))
+        # Tokens flattened: under sequence parallel wo reduce-scatters them back to the shard.
+        return self.wo(out.transpose(1, 2).reshape(-1, self.local_heads * hd)).view_as(x)

@@ -50,12 +50,33 @@ class LayerFactory:
         """Leave it: all-reduce of partial sums forward, identity backward."""
         return x
 
+    # Sequence parallel: outside the TP regions each TP rank holds a contiguous shard of the
+    # micro-batch's flattened tokens, (B * T / TP, D). Single-device, these hooks are identities.
+    sequence_parallel: bool = False
+
+    def sp_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens of the micro-batch, (B * T, D), from this rank's shard, for a computation every
+        TP rank then repeats identically (routing): all-gather forward, this rank's slice of the
+        (identical) gradient backward."""
+        return x
+
+    def sp_split(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's token shard of a (..., D) tensor every TP rank holds whole: slice forward,
+        all-gather of the gradient backward."""
+        return x
+
+    def sp_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """A replicated weight applied to the token shard (norms): identity forward; its gradient,
+        which covers only this rank's tokens, summed over TP backward."""
+        return weight
+
     @property
     def tp_rank(self) -> int:
         return 0
 
     def lm_logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) x (V, D) -> (B, T, V) logits (vocab-sharded under tensor parallel)."""
+        """(B, T, D) x (V, D) -> (B, T, V) logits (vocab-sharded under tensor parallel; under
+        sequence parallel the token shard goes in and (B * T, V / TP) comes out)."""
         return F.linear(hidden, weight)
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -79,13 +100,14 @@ def output_init_std(cfg: ModelConfig) -> float:
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), computed in fp32 (one fused kernel on CPU)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, layers: LayerFactory | None = None):
         super().__init__()
         self.eps = eps
+        self.layers = layers or LayerFactory()
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
+        return fused.rms_norm(x, self.layers.sp_weight(self.weight), self.eps)
 
 
 def rope_tables(seq_length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:

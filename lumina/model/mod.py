@@ -31,6 +31,7 @@ class MoDBlock(nn.Module):
         self.capacity = cfg.mod.capacity
         self.predictor_loss_coef = cfg.mod.predictor_loss_coef
         self.block = block
+        self.layers = block.layers
         d = cfg.hidden_size
         self.router = nn.Linear(d, 1, bias=False)
         self.predictor = nn.Sequential(
@@ -49,8 +50,14 @@ class MoDBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 causal: bool = False) -> torch.Tensor:
-        """causal=False: per-sequence top-k (training). causal=True: the predictor decides."""
-        B, T, _ = x.shape                                         # (B, T, D)
+        """causal=False: per-sequence top-k (training). causal=True: the predictor decides.
+
+        Under sequence parallel x is this rank's token shard: top-k needs whole sequences, so the
+        routing runs on the gathered micro-batch (identically on every TP rank), the block on the
+        shard of the selected tokens, and the output is this rank's shard again."""
+        shard = x
+        x = self.layers.sp_gather(shard).view(-1, cos.shape[-2], shard.shape[-1])   # (B, T, D)
+        B, T, _ = x.shape
         scores = F.linear(x, self.router.weight).squeeze(-1)      # (B, T)
         pred_logits = self.predictor(x.detach()).squeeze(-1)      # (B, T), stop-gradient input
         k = self.selected_count(T)
@@ -64,12 +71,12 @@ class MoDBlock(nn.Module):
             index, valid = _causal_selection(pred_logits)
             if index is None:  # nothing selected anywhere: the whole layer is skipped
                 self._record(pred_logits, target, torch.zeros(B, T, device=x.device))
-                return x
+                return shard
 
         xs = routing.gather_tokens(x, index)                       # (B, k, D)
         pos_cos = cos.expand(B, -1, -1).gather(1, index.unsqueeze(-1).expand(-1, -1, cos.shape[-1]))
         pos_sin = sin.expand(B, -1, -1).gather(1, index.unsqueeze(-1).expand(-1, -1, sin.shape[-1]))
-        ys = self.block(xs, pos_cos, pos_sin, causal)
+        ys = self.layers.sp_gather(self.block(self.layers.sp_split(xs), pos_cos, pos_sin, causal)).view_as(xs)
         gate = torch.sigmoid(torch.gather(scores, 1, index)).unsqueeze(-1).to(x.dtype)
         update = xs + gate * (ys - xs)
         if valid is not None:  # padded rows are unselected tokens: write them back unchanged
@@ -82,7 +89,7 @@ class MoDBlock(nn.Module):
         else:
             chosen.scatter_(1, index, valid.float())
         self._record(pred_logits, target, chosen)
-        return out
+        return self.layers.sp_split(out).view_as(shard)
 
     def _record(self, pred_logits: torch.Tensor, target: torch.Tensor, chosen: torch.Tensor) -> None:
         self.aux = {"mod_predictor": F.binary_cross_entropy_with_logits(pred_logits.float(), target)}

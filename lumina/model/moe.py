@@ -98,7 +98,10 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         shape = x.shape
-        xf = x.reshape(-1, shape[-1])                       # (S, D)
+        # Under sequence parallel x is this rank's token shard: every TP rank routes the whole
+        # micro-batch identically (so capacity and drops are the single-process ones) and keeps
+        # its shard of the output.
+        xf = self.layers.sp_gather(x).reshape(-1, shape[-1])   # (S, D)
         S = xf.shape[0]
         logits = F.linear(xf.float(), self.router.weight.float())   # (S, E + noop), fp32
         route = routing.topk_route(logits, self.cfg.top_k, self.capacity(S, causal))
@@ -121,7 +124,7 @@ class MoE(nn.Module):
         balance, z = fused.router_losses(logits, route.probs, route.expert_index)
         self.aux = {"moe_balance": balance, "moe_z": z}
         self._last = (counts.detach(), noop, route.expert_index.numel())
-        return out.view(shape)
+        return self.layers.sp_split(out).view(shape)
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ class LuminaLM(nn.Module):
             block = Block(cfg, layers)
             blocks.append(MoDBlock(cfg, block) if i in routed else block)
         self.blocks = nn.ModuleList(blocks)
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layers)
         self.lm_head = None if cfg.tie_embeddings else layers.embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
         self.recompute = False
         cos, sin = rope_tables(cfg.seq_length, cfg.head_dim, cfg.rope_theta)
@@ -67,7 +67,7 @@ class LuminaLM(nn.Module):
         dropless, so the logits at position t depend only on tokens <= t."""
         B, T = input_ids.shape
         cos, sin = self._rope(T, input_ids.device)
-        x = self.embed(input_ids)                                  # (B, T, D)
+        x = self.embed(input_ids)          # (B, T, D); sequence parallel: this rank's (B * T / TP, D)
         for block in self.blocks:
             args = (x, cos, sin, causal)
             if self.recompute and self.training:
@@ -76,7 +76,7 @@ class LuminaLM(nn.Module):
                 x = block(*args)
         x = self.norm(x)
         head = self.embed.weight if self.lm_head is None else self.lm_head.weight
-        logits = self.layers_factory.lm_logits(x, head)
+        logits = self.layers_factory.lm_logits(x, head).view(B, T, -1)
         loss = self.layers_factory.cross_entropy(logits, labels) if labels is not None else None
         aux, aux_loss = self.collect_aux(input_ids.device)
         return LMOutput(logits, loss, aux_loss, aux)

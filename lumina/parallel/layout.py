@@ -18,6 +18,7 @@ data-parallel group, are the DP / EP ranks with the same (tp, pp, ep).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,8 @@ class ParallelLayout:
         if sequence_parallel and tp == 1:
             _refuse("--sequence-parallel", True, f"it splits activations over the TP group, so it "
                     f"needs {_TP} > 1")
+        if sequence_parallel and micro_batch_size is not None:
+            _check_token_split(model_cfg, micro_batch_size, tp)
         if pp > model_cfg.num_layers:
             _refuse(_PP, pp, f"the model has {model_cfg.num_layers} layers and every stage needs at "
                     f"least one: use at most {model_cfg.num_layers}")
@@ -305,6 +308,19 @@ def _check_tensor_split(cfg: ModelConfig, tp: int) -> None:
             _refuse(_TP, tp, f"{cfg.name} has {name}={value}, which TP must divide ({why})")
 
 
+def _check_token_split(cfg: ModelConfig, micro_batch_size: int, tp: int) -> None:
+    """Sequence parallel splits a micro-batch's B x T tokens, and the B x k tokens each MoD layer
+    selects, into TP equal shards."""
+    counts = [("--micro-batch-size x --seq-length", micro_batch_size * cfg.seq_length)]
+    if cfg.mod is not None:  # k as in MoDBlock.selected_count
+        k = max(1, math.ceil(cfg.mod.capacity * cfg.seq_length))
+        counts.append((f"--micro-batch-size x the {k} tokens a MoD layer selects per sequence", micro_batch_size * k))
+    for what, n in counts:
+        if n % tp:
+            _refuse("--sequence-parallel", True, f"it splits the {n} tokens of {what} over {_TP}={tp}, "
+                    f"which must divide them: change the micro-batch size or the sequence length")
+
+
 def split_layers(cfg: ModelConfig, pp: int, pipeline_layers: str | Sequence[int] | None = None
                  ) -> tuple[int, ...]:
     """Transformer layers per pipeline stage; see `ParallelLayout.build` for `pipeline_layers`."""
@@ -409,8 +425,8 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
                    help='layers per pipeline stage: "parameters" (default, balance parameter counts), '
                         '"uniform" (balance layer counts) or counts like "10,12,10"')
     g.add_argument("--sequence-parallel", action="store_true",
-                   help="split activations over the TP group (validated; the trainer refuses it, see "
-                        "docs/parallelism.md)")
+                   help="split the tokens of the activations outside the TP regions over the TP group "
+                        "(TP > 1)")
     g.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD_SIZE",
                    help="print every rank's coordinates and layers for WORLD_SIZE ranks (default: "
                         "the launcher's world size) and exit, creating no process group")

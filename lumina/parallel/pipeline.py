@@ -15,7 +15,6 @@ run starts from the single-process weights.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -26,7 +25,6 @@ from lumina.model.layers import LayerFactory, RMSNorm, rope_tables
 from lumina.model.mod import MoDBlock
 from lumina.model.moe import MoE
 from lumina.model.transformer import layer_routing
-from lumina.ops import fused
 from lumina.parallel.layout import ParallelLayout
 
 
@@ -38,9 +36,10 @@ def _name_and_init(module: nn.Module, prefix: str, seed: int) -> None:
 
 
 class EmbeddingStage(nn.Module):
-    def __init__(self, cfg: ModelConfig, seed: int):
+    def __init__(self, cfg: ModelConfig, seed: int, layers: LayerFactory):
         super().__init__()
-        self.embed = LayerFactory().embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
+        self.layers = layers
+        self.embed = layers.embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
         _name_and_init(self, "", seed)  # "embed.weight"
 
     @property
@@ -56,15 +55,15 @@ class EmbeddingStage(nn.Module):
 
 def tied_head(stage: EmbeddingStage, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     x, aux = inputs
-    return F.linear(x, stage.weight), aux
+    return stage.layers.lm_logits(x, stage.weight), aux  # vocab-sharded under TP
 
 
 class BlockStage(nn.Module):
     """Layer `index` of LuminaLM (dense/MoE block, or a MoD-routed one)."""
 
-    def __init__(self, cfg: ModelConfig, index: int, seed: int, recompute: bool):
+    def __init__(self, cfg: ModelConfig, index: int, seed: int, recompute: bool, layers: LayerFactory):
         super().__init__()
-        block: nn.Module = Block(cfg, LayerFactory())
+        block: nn.Module = Block(cfg, layers)
         self.block = MoDBlock(cfg, block) if index in set(cfg.routed_layers()) else block
         self.index, self.recompute = index, recompute
         cos, sin = rope_tables(cfg.seq_length, cfg.head_dim, cfg.rope_theta)
@@ -75,7 +74,9 @@ class BlockStage(nn.Module):
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, aux = inputs
-        T = x.shape[1]
+        # (B, T, D), or under sequence parallel a (B * T / TP, D) token shard of whole training
+        # sequences (cfg.seq_length, the length of the rope tables).
+        T = x.shape[1] if x.dim() == 3 else self.rope_cos.shape[0]
         cos, sin = self.rope_cos[:T].unsqueeze(0), self.rope_sin[:T].unsqueeze(0)
         if self.recompute and self.training:  # activation checkpointing on blocks only
             x = checkpoint(self.block, x, cos, sin, False, use_reentrant=False)
@@ -88,9 +89,9 @@ class BlockStage(nn.Module):
 
 
 class NormStage(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layers: LayerFactory | None = None):
         super().__init__()
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layers)
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, aux = inputs
@@ -100,14 +101,15 @@ class NormStage(nn.Module):
 class HeadStage(nn.Module):
     """Untied output projection."""
 
-    def __init__(self, cfg: ModelConfig, seed: int):
+    def __init__(self, cfg: ModelConfig, seed: int, layers: LayerFactory):
         super().__init__()
-        self.lm_head = LayerFactory().embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
+        self.layers = layers
+        self.lm_head = layers.embedding(cfg.vocab_size, cfg.hidden_size, cfg.init_std)
         _name_and_init(self, "", seed)  # "lm_head.weight"
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, aux = inputs
-        return F.linear(x, self.lm_head.weight), aux
+        return self.layers.lm_logits(x, self.lm_head.weight), aux
 
 
 # Specs before and after the transformer layers, for ParallelLayout.spec_parts.
@@ -116,23 +118,36 @@ SPECS_BEFORE, SPECS_AFTER = 1, 2
 
 def lumina_key(spec_index: int, key: str, num_layers: int) -> str:
     """LuminaLM state-dict key of `key` in the layer file DeepSpeed writes for spec `spec_index`
-    (`layer_XX-model_states.pt`). The tied head has no file of its own."""
+    (`layer_XX-model_states.pt`, or `layer_XX-model_YY-model_states.pt` under tensor parallel, YY
+    the TP rank). The tied head has no file of its own."""
     if 1 <= spec_index <= num_layers:
         return f"blocks.{spec_index - 1}." + key.removeprefix("block.")
     return key
 
 
-def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool):
-    """The DeepSpeed PipelineModule for `cfg` on `layout` (call after torch.distributed starts)."""
-    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
-    from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
+def lumina_name(module_key: str, num_layers: int) -> str:
+    """LuminaLM state-dict key of a key of the whole PipelineModule's state dict (what DeepSpeed
+    writes to `mp_rank_XX_model_states.pt` when the model has MoE layers, and what the per-rank
+    expert shards are named by): `<spec index>.<key>`, or `tied_modules.embed.<key>`."""
+    if module_key.startswith("tied_modules.embed."):
+        return module_key.removeprefix("tied_modules.embed.")
+    index, _, key = module_key.partition(".")
+    return lumina_key(int(index), key, num_layers)
 
-    specs = [TiedLayerSpec("embed", EmbeddingStage, cfg, seed) if cfg.tie_embeddings
-             else LayerSpec(EmbeddingStage, cfg, seed)]
-    specs += [LayerSpec(BlockStage, cfg, i, seed, recompute) for i in range(cfg.num_layers)]
-    specs.append(LayerSpec(NormStage, cfg))
-    specs.append(TiedLayerSpec("embed", EmbeddingStage, cfg, seed, forward_fn=tied_head) if cfg.tie_embeddings
-                 else LayerSpec(HeadStage, cfg, seed))
+
+def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool, layers: LayerFactory):
+    """The DeepSpeed PipelineModule for `cfg` on `layout` (call after torch.distributed starts and,
+    under tensor or expert parallel, after `lumina.parallel.groups.initialize`). `layers` is the
+    factory every stage builds its weights with: megatron-core's TP layers under TP > 1."""
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    specs = [TiedLayerSpec("embed", EmbeddingStage, cfg, seed, layers) if cfg.tie_embeddings
+             else LayerSpec(EmbeddingStage, cfg, seed, layers)]
+    specs += [LayerSpec(BlockStage, cfg, i, seed, recompute, layers) for i in range(cfg.num_layers)]
+    specs.append(LayerSpec(NormStage, cfg, layers))
+    specs.append(TiedLayerSpec("embed", EmbeddingStage, cfg, seed, layers, forward_fn=tied_head)
+                 if cfg.tie_embeddings else LayerSpec(HeadStage, cfg, seed, layers))
     parts = layout.spec_parts(SPECS_BEFORE, SPECS_AFTER)
 
     class LuminaPipeline(PipelineModule):
@@ -143,7 +158,7 @@ def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool):
 
         def lm_loss(self, outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
             logits, aux = outputs
-            lm = fused.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+            lm = layers.cross_entropy(logits, labels)  # vocab-parallel under TP
             self.lm_losses.append(lm.detach())
             if not self.training:
                 return lm
@@ -153,8 +168,36 @@ def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool):
         def routing_layers(self) -> list[dict]:
             return [layer_routing(m.index, m.block) for m in self.forward_funcs if isinstance(m, BlockStage)]
 
-    topology = PipeDataParallelTopology(num_pp=layout.pp, num_dp=layout.dp)
+    # Axes pipe, data, model (the last fastest): the rank order of ParallelLayout and megatron-core.
+    topology = PipeModelDataParallelTopology(num_pp=layout.pp, num_mp=layout.tp, num_dp=layout.dp)
     module = LuminaPipeline(specs, topology=topology, partition_method="lumina")
+    check_grid(module._grid, layout)
     module.lm_losses, module.poison_next = [], False
     module.loss_fn = module.lm_loss
     return module
+
+
+def check_grid(grid, layout: ParallelLayout) -> None:
+    """Every rank: DeepSpeed's pipeline grid, megatron-core's parallel_state (when initialised) and
+    the layout agree on this rank's coordinates and on its groups (Megatron-DeepSpeed makes the
+    same check in its training.py). A disagreement is a bug that would train silently wrong."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    c = layout.coords(rank)
+    group_of = lambda groups: next(g for g in groups if rank in g)  # noqa: E731
+    seen = {"deepspeed": ((grid.get_stage_id(), grid.get_data_parallel_id(), grid.get_slice_parallel_rank()),
+                          sorted(grid.pp_group), sorted(grid.dp_group))}
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        seen["megatron-core"] = ((ps.get_pipeline_model_parallel_rank(), ps.get_data_parallel_rank(),
+                                  ps.get_tensor_model_parallel_rank()),
+                                 dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()),
+                                 dist.get_process_group_ranks(ps.get_data_parallel_group()))
+    want = ((c.pp, c.dp, c.tp), group_of(layout.pp_groups()), group_of(layout.dp_groups()))
+    for who, got in seen.items():
+        if (got[0], sorted(got[1]), sorted(got[2])) != want:
+            raise RuntimeError(f"rank {rank}: {who} places this rank at (pp, dp, tp) {got[0]} with pipeline "
+                               f"group {got[1]} and data-parallel group {got[2]}, but the layout says {want[0]}, "
+                               f"{want[1]}, {want[2]}; this is a bug")

@@ -45,7 +45,8 @@ def _forget_state_init_step(optimizer) -> None:
     by stepping once on zero gradients. That step counts: Adam's bias correction then shrinks the
     first real updates (by a quarter at the first, less after), which trains like a lower learning
     rate, and AdamW's decay has shrunk the fp32 master weights once. Undo it: empty the state and
-    copy the masters back from the bf16 weights they were cloned from."""
+    copy the masters back from the bf16 weights they were cloned from. Runs before a checkpoint
+    is loaded (the Trainer builds its step first), so it never drops restored state."""
     from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
     if not isinstance(optimizer, FP16_UnfusedOptimizer):

@@ -260,6 +260,11 @@ INVALID = [
      ("--global-batch-size=24 is invalid: must be a positive multiple of --micro-batch-size (4) x "
       "data-parallel size (4) = 16")),
     (dict(world_size=8, sequence_parallel=True), "--sequence-parallel=True is invalid"),
+    (dict(world_size=8, tp=8, micro_batch_size=1, sequence_parallel=True, model_cfg=_MOE.replace(seq_length=4090)),
+     "it splits the 4090 tokens of --micro-batch-size x --seq-length over --tensor-model-parallel-size=8"),
+    (dict(world_size=8, tp=2, micro_batch_size=1, sequence_parallel=True,
+          model_cfg=get_preset("b7", "mod").replace(seq_length=2050)),
+     "it splits the 1025 tokens of --micro-batch-size x the 1025 tokens a MoD layer selects per sequence"),
     (dict(world_size=8, pp=2, pipeline_layers="16,15,1"),
      "--pipeline-layers=16,15,1 is invalid: lists 3 stages but --pipeline-model-parallel-size is 2"),
     (dict(world_size=8, pp=2, pipeline_layers="32,0"),

@@ -46,12 +46,12 @@ def test_pp2_uneven_split_recompute_resume_and_eval(tmp_path, capsys):
                                    "--recompute-activations", *PP2, world_size=2)
     files = sorted(f for f in os.listdir(os.path.join(ckpts, "iter_0000006")) if f.startswith("layer_"))
     # specs: 0 embed, 1-4 blocks, 5 norm, 6 tied head (no file); stage 0 = embed + block 0
-    assert files == [f"layer_{i:02d}-model_states.pt" for i in range(6)]
+    assert files == [f"layer_{i:02d}-model_00-model_states.pt" for i in range(6)]
 
     from lumina.train.checkpoint import load_model_weights
 
     merged, _ = load_model_weights(ckpts)
-    block3 = torch.load(os.path.join(ckpts, "iter_0000006", "layer_04-model_states.pt"))
+    block3 = torch.load(os.path.join(ckpts, "iter_0000006", "layer_04-model_00-model_states.pt"))
     assert torch.equal(merged["blocks.3.mlp.w_gate"], block3["block.mlp.w_gate"].float())
     assert "embed.weight" in merged and "norm.weight" in merged
 

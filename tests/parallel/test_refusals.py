@@ -5,12 +5,6 @@ import torch.distributed as dist
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
-     "--pipeline-model-parallel-size 2 with tensor or expert parallel (here TP 2, EP 1)"),
-    (["--mode", "moe", "--expert-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"],
-     "(here TP 1, EP 2) is validated and shown by --dry-run, but the trainer does not run"),
-    (["--tensor-model-parallel-size", "2", "--sequence-parallel"],
-     "--sequence-parallel is not supported"),
     (["--sequence-parallel"], "--sequence-parallel=True is invalid"),
     (["--pipeline-model-parallel-size", "2", "--zero-stage", "2"], "use --zero-stage 1"),
     (["--mode", "moe", "--expert-model-parallel-size", "2", "--zero-stage", "3"], "--expert-model-parallel-size"),
