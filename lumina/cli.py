@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("lumina.commands.plan", "layout, memory per GPU, speed, time and cost of a run, before submitting it"),
     "dsconfig": ("lumina.commands.dsconfig", "write the DeepSpeed JSON files of ds_configs/ (base and planned)"),
     "slurm": ("lumina.commands.slurm", "write slurm/<preset>_<mode>.sh from the plans, or a CPU variant"),
+    "export": ("lumina.commands.export", "a checkpoint as a Hugging Face model (Llama, Mixtral, or Lumina's own file for MoD)"),
+    "import": ("lumina.commands.import_hf", "a Hugging Face Llama or Mixtral model as a checkpoint to continue pre-training"),
+    "upcycle": ("lumina.commands.upcycle", "a dense model as moe, mod or hybrid: experts copied from the FFN, routers fresh"),
     "bench": ("lumina.commands.bench", "the benchmark table: every mode beside HF Llama/Mixtral and a plain loop, measured"),
     "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
 }

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from lumina.util.files import atomic_write_bytes, atomic_write_text
+from lumina.util.files import atomic_write_bytes, atomic_write_text, file_sha256
 
 MAGIC = b"LUMINAIX"
 VERSION = 1
@@ -158,14 +158,6 @@ def _read_index(path: Path) -> tuple[ShardHeader, np.ndarray]:
     return header, offsets
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class IndexedShard:
     """One shard, memory-mapped. `verify` also checks the token file's checksum."""
 
@@ -181,7 +173,7 @@ class IndexedShard:
                 f"{bin_path}: token file is {bin_path.stat().st_size} bytes, its index says {want}; "
                 "truncated or corrupted"
             )
-        if verify and _file_sha256(bin_path) != self.header.bin_sha256:
+        if verify and file_sha256(bin_path) != self.header.bin_sha256:
             raise ValueError(f"{bin_path}: token checksum mismatch; the file is corrupted")
         self.tokens = np.memmap(bin_path, dtype=self.header.dtype, mode="r", shape=(self.header.num_tokens,))
 

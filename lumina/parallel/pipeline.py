@@ -92,6 +92,8 @@ class NormStage(nn.Module):
     def __init__(self, cfg: ModelConfig, layers: LayerFactory | None = None):
         super().__init__()
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps, layers)
+        for name, p in self.named_parameters():
+            p.init_name = name  # "norm.weight", the checkpoint's key (no random init: ones)
 
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, aux = inputs
@@ -114,25 +116,6 @@ class HeadStage(nn.Module):
 
 # Specs before and after the transformer layers, for ParallelLayout.spec_parts.
 SPECS_BEFORE, SPECS_AFTER = 1, 2
-
-
-def lumina_key(spec_index: int, key: str, num_layers: int) -> str:
-    """LuminaLM state-dict key of `key` in the layer file DeepSpeed writes for spec `spec_index`
-    (`layer_XX-model_states.pt`, or `layer_XX-model_YY-model_states.pt` under tensor parallel, YY
-    the TP rank). The tied head has no file of its own."""
-    if 1 <= spec_index <= num_layers:
-        return f"blocks.{spec_index - 1}." + key.removeprefix("block.")
-    return key
-
-
-def lumina_name(module_key: str, num_layers: int) -> str:
-    """LuminaLM state-dict key of a key of the whole PipelineModule's state dict (what DeepSpeed
-    writes to `mp_rank_XX_model_states.pt` when the model has MoE layers, and what the per-rank
-    expert shards are named by): `<spec index>.<key>`, or `tied_modules.embed.<key>`."""
-    if module_key.startswith("tied_modules.embed."):
-        return module_key.removeprefix("tied_modules.embed.")
-    index, _, key = module_key.partition(".")
-    return lumina_key(int(index), key, num_layers)
 
 
 def build(cfg: ModelConfig, layout: ParallelLayout, seed: int, recompute: bool, layers: LayerFactory):

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 
 import torch
 
@@ -98,8 +99,10 @@ class Trainer:
         self.resume = None
         if args.load is not None:  # refuse a wrong checkpoint before any process group exists
             tag, meta = checkpoint.latest(args.load)
-            checkpoint.check_compatible(meta, self.cfg, res.world_size, args.load)
+            checkpoint.check_compatible(meta, self.cfg, args.load)
             self.resume = (tag, meta)
+        # Retention deletes only this run's checkpoints; a resumed run continues its run's id.
+        self.run_id = (self.resume[1].get("run_id") if self.resume else None) or uuid.uuid4().hex
         self.run_dir = args.run_dir or os.path.join("runs", f"{self.cfg.name}_{self.cfg.mode}")
         self.save_dir = args.save or os.path.join(self.run_dir, "checkpoints")
 
@@ -160,11 +163,11 @@ class Trainer:
         self.iteration = 0
         if self.resume is not None:
             tag, meta = self.resume
-            self.engine.load_checkpoint(args.load, tag=tag, load_lr_scheduler_states=False)
-            state = checkpoint.load_rank_state(args.load, tag, self.rank)
-            checkpoint.restore_expert_shards(self.engine.module, state)
-            self.train_loader.load_state_dict(state["loader"])
-            checkpoint.set_rng_state(state["rng"])
+            checkpoint.load(self.engine, self.engine.module, args.load, tag, meta, self._layout_record())
+            if meta["loader"] is not None:  # None: a weights-only checkpoint (import, upcycle) reads from the start
+                self.train_loader.load_state_dict(meta["loader"])
+            self.engine.global_steps = meta["iteration"]
+            self.engine.global_samples = meta["iteration"] * res.global_batch_size
             self.iteration = meta["iteration"]
         self.acc = account(self.cfg, self.seq)
         self.peak, self.peak_source = peak_tflops(self.device, args.peak_tflops)
@@ -194,12 +197,17 @@ class Trainer:
 
     # -- the job ----------------------------------------------------------------------------
     def save(self) -> str:
-        return checkpoint.save(self.engine, self.save_dir, self.iteration, self.cfg,
-                               self.train_loader.state_dict(), self.res.world_size, self.args.keep_last,
+        return checkpoint.save(self.engine, self.engine.module, self.layout, self.wiring.tp_group, self.save_dir,
+                               self.iteration, self.cfg, self.train_loader.state_dict(), self.args.keep_last,
                                {"preset": self.cfg.name, "mode": self.cfg.mode,
-                                "tokenizer_sha256": self.tokenizer.sha256,
-                                "layout": {"tp": self.layout.tp, "pp": self.layout.pp, "ep": self.layout.ep,
-                                           "dp": self.layout.dp}})
+                                "tokenizer_sha256": self.tokenizer.sha256, "layout": self._layout_record(),
+                                "run_id": self.run_id})
+
+    def _layout_record(self) -> dict:
+        """The layout a checkpoint records: for information, and to decide whether RNG streams
+        carry over (a checkpoint loads at any layout)."""
+        return {"tp": self.layout.tp, "pp": self.layout.pp, "ep": self.layout.ep, "dp": self.layout.dp,
+                "zero": self.ds_config.get("zero_optimization", {}).get("stage", 0), "bf16": self.bf16}
 
     def run(self) -> int:
         args, res = self.args, self.res

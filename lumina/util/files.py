@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file, read in 16 MiB chunks (files may be larger than memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -5,6 +5,8 @@ the same grouping of samples into micro-batches (the loader gives DP rank r the 
 of the global batch) the losses agree to fp32 round-off: relative 1e-5.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -36,16 +38,20 @@ def test_ep2_x_dp2_equals_one_process(tmp_path, one_process):
 def test_ep2_resume_is_exact_and_checkpoint_merges_experts(tmp_path, capsys):
     ckpts = assert_resume_is_exact(tmp_path, "--mode", "moe", "--global-batch-size", "8", *EP2, world_size=2)
 
-    # Each rank file holds its own block of experts; the merged state dict puts them in order.
-    from lumina.train.checkpoint import load_model_weights, load_rank_state
+    # Each EP rank writes its own experts under their global index; the merged state dict stacks
+    # them in order.
+    from safetensors.torch import load_file
+
+    from lumina.train.checkpoint import load_model_weights
 
     merged, _ = load_model_weights(ckpts)
-    shards = [load_rank_state(ckpts, "iter_0000006", r)["experts"] for r in (0, 1)]
+    parts = [load_file(os.path.join(ckpts, "iter_0000006", f"part-0000{r}.safetensors")) for r in (0, 1)]
     key = "blocks.0.mlp.w_gate"
-    assert [s[key]["offset"] for s in shards] == [0, 4]
+    assert sorted(k for k in parts[1] if k.startswith(key + "[")) == [f"{key}[{e}]" for e in range(4, 8)]
+    assert "embed.weight" in parts[0] and "embed.weight" not in parts[1]  # dense weights: DP rank 0 only
     assert merged[key].shape[0] == 8
-    assert torch.equal(merged[key], torch.cat([shards[0][key]["tensor"], shards[1][key]["tensor"]]))
-    assert not torch.equal(shards[0][key]["tensor"], shards[1][key]["tensor"])
+    assert torch.equal(merged[key][5], parts[1][f"{key}[5]"])
+    assert not torch.equal(merged[key][0], merged[key][4])
 
     from lumina.cli import main
 

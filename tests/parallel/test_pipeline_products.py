@@ -62,7 +62,7 @@ def test_tp2_x_pp2_x_ep2_equals_one_process_resumes_exactly_and_evaluates(tmp_pa
 
     merged, meta = load_model_weights(ckpts)
     expected, _ = load_model_weights(os.path.join(ref, "checkpoints"))
-    assert meta["layout"] == {"tp": 2, "pp": 2, "ep": 2, "dp": 2}
+    assert meta["layout"] == {"tp": 2, "pp": 2, "ep": 2, "dp": 2, "zero": 0, "bf16": False}
     assert sorted(merged) == sorted(expected)
     for key, value in expected.items():
         # Five Adam steps amplify fp32 round-off to ~3e-4 of a tensor's largest entry; a shard
@@ -76,13 +76,13 @@ def test_tp2_x_pp2_x_ep2_equals_one_process_resumes_exactly_and_evaluates(tmp_pa
 
 
 @pytest.mark.slow  # the default run evaluates a TP x PP x EP checkpoint in the test above
-def test_tp2_x_pp2_dense_checkpoint_merges_layer_files(tmp_path):
-    """Without MoE DeepSpeed writes one file per spec and TP rank (layer_SS-model_TT-...)."""
+def test_tp2_x_pp2_dense_checkpoint_merges_stage_files(tmp_path):
+    """TP rank 0 of each stage writes that stage's tensors whole: ranks 0 and 2."""
     run = str(tmp_path / "tp2pp2")
     assert train(run, "--mode", "dense", "--train-iters", "2", *TP2, *PP2, world_size=4, timeout=600) == 0
     ckpt = os.path.join(run, "checkpoints")
     files = os.listdir(os.path.join(ckpt, "iter_0000002"))
-    assert "layer_01-model_01-model_states.pt" in files
+    assert sorted(f for f in files if f.startswith("part-")) == ["part-00000.safetensors", "part-00002.safetensors"]
     from lumina.train.checkpoint import load_model_weights
 
     merged, _ = load_model_weights(ckpt)

@@ -34,7 +34,10 @@ def _assert_same_run(run: str, reference: str, grad_norm_rel: float = 1e-5, rout
 def test_tp2_sequence_parallel_equals_one_process(tmp_path, one_process, mode):
     run = str(tmp_path / "sp")
     assert train(run, "--mode", mode, "--train-iters", "5", "--global-batch-size", "8", *SP, world_size=2) == 0
-    _assert_same_run(run, one_process(mode))
+    # Gradient norms at 3e-5: the dense one has measured 1.01e-5 apart (iteration 3, 1.5020949 vs
+    # 1.5020797; summation order of the token-sharded norm gradients). The losses, at 1e-5, are
+    # what catches a missing TP reduction of those gradients (5e-5 apart without it).
+    _assert_same_run(run, one_process(mode), grad_norm_rel=3e-5)
 
 
 # The default run covers MoE routing under sequence parallel in hybrid mode (above).

@@ -1,0 +1,1 @@
+"""Hugging Face export and import, and sparse upcycling, through the `lumina` commands."""
