@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from lumina.util.argtypes import Parser
+
 # name -> (module, one-line help). Registration order is the order `lumina --help` shows.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lumina.commands.train", "train a model in this process (default: debug hybrid on the embedded corpus)"),
@@ -31,8 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lumina", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="lumina", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).configure(sp)
@@ -41,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one-line error (or the help)
+        return int(exc.code or 0)
     if args.command is None:
         parser.print_help()
         return 2

@@ -18,8 +18,9 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 
 def build_parser() -> argparse.ArgumentParser:
     from lumina.train.args import add_train_args
+    from lumina.util.argtypes import Parser
 
-    parser = argparse.ArgumentParser(prog="lumina/pretrain.py", description="Lumina pre-training")
+    parser = Parser(prog="lumina/pretrain.py", description="Lumina pre-training")
     add_train_args(parser)
     return parser
 

@@ -27,9 +27,9 @@ def expected_files() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumina.util.files import atomic_write_text
+    from lumina.util.files import atomic_write_text, check_output_dir
 
-    os.makedirs(args.out, exist_ok=True)
+    check_output_dir("--out", args.out)
     files = expected_files()
     for name, text in files.items():
         atomic_write_text(os.path.join(args.out, name), text)

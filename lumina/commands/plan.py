@@ -5,23 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 
+from lumina.util.argtypes import COUNT, NON_NEGATIVE, POSITIVE_INT, number
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="debug", help="model size (see `lumina presets`)")
     parser.add_argument("--mode", default="dense", help="dense, moe, mod or hybrid")
     parser.add_argument("--gpu", default="a100-80gb", help="a100-40gb, a100-80gb, h100-80gb, h200-141gb, rtx-4090")
-    parser.add_argument("--gpus", type=int, default=8, help="GPUs in all (whole nodes beyond one node)")
-    parser.add_argument("--gpus-per-node", type=int, default=None, help="default: 8, or --gpus if fewer")
-    parser.add_argument("--seq-length", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--global-batch-tokens", default=str(4 * 1024 * 1024),
+    parser.add_argument("--gpus", type=POSITIVE_INT, default=8, help="GPUs in all (whole nodes beyond one node)")
+    parser.add_argument("--gpus-per-node", type=POSITIVE_INT, default=None, help="default: 8, or --gpus if fewer")
+    parser.add_argument("--seq-length", type=POSITIVE_INT, default=None, help="default: the preset's")
+    parser.add_argument("--global-batch-tokens", type=COUNT, default=str(4 * 1024 * 1024),
                         help="tokens per optimizer step (default 4,194,304 = 1,024 x 4,096; K/M/B suffixes are decimal)")
-    parser.add_argument("--tokens", default=None, help="tokens to train (default: 20 x active params, Chinchilla)")
-    parser.add_argument("--price", type=float, default=None, help="USD per GPU-hour (default: the GPU table's)")
-    parser.add_argument("--mfu", type=float, default=None, help="override the MFU assumption (0-1)")
-    parser.add_argument("--tensor-model-parallel-size", type=int, default=None, help="pin TP (default: searched)")
-    parser.add_argument("--pipeline-model-parallel-size", type=int, default=None, help="pin PP (default: searched)")
-    parser.add_argument("--expert-model-parallel-size", type=int, default=None, help="pin EP (default: searched)")
-    parser.add_argument("--zero-stage", type=int, default=None, help="pin the ZeRO stage (default: searched)")
+    parser.add_argument("--tokens", type=COUNT, default=None, help="tokens to train (default: 20 x active params, Chinchilla)")
+    parser.add_argument("--price", type=NON_NEGATIVE, default=None, help="USD per GPU-hour (default: the GPU table's)")
+    parser.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=None, help="override the MFU assumption (0-1)")
+    parser.add_argument("--tensor-model-parallel-size", type=POSITIVE_INT, default=None, help="pin TP (default: searched)")
+    parser.add_argument("--pipeline-model-parallel-size", type=POSITIVE_INT, default=None, help="pin PP (default: searched)")
+    parser.add_argument("--expert-model-parallel-size", type=POSITIVE_INT, default=None, help="pin EP (default: searched)")
+    parser.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=None, help="pin the ZeRO stage (default: searched)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--check-claims", action="store_true",
                         help="check the original benchmark table's figures against the planner")
@@ -62,7 +64,7 @@ def _report(plan) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from lumina.plan.hardware import gpu
-    from lumina.plan.search import best, parse_count
+    from lumina.plan.search import best
     from lumina.presets import get_preset
 
     if args.check_claims:
@@ -75,11 +77,9 @@ def run(args: argparse.Namespace) -> int:
             print(table(rows))
             print("\nOnly claims held with their source are checked; see lumina/plan/claims.py and docs/ops.md.")
         return 0
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        raise ValueError(f"--mfu={args.mfu} is invalid: must be in (0, 1]")
-    tokens = parse_count(args.tokens) if args.tokens is not None else None
+    tokens = args.tokens
     plan = best(get_preset(args.preset, args.mode), gpu(args.gpu), args.gpus, gpus_per_node=args.gpus_per_node,
-                global_batch_tokens=int(parse_count(args.global_batch_tokens)), seq=args.seq_length,
+                global_batch_tokens=int(args.global_batch_tokens), seq=args.seq_length,
                 tokens=tokens, price=args.price, mfu=args.mfu,
                 fixed={"tp": args.tensor_model_parallel_size, "pp": args.pipeline_model_parallel_size,
                        "ep": args.expert_model_parallel_size, "zero": args.zero_stage})

@@ -64,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.inputs or args.output is None:
         raise ValueError("give INPUT... and --output PREFIX")
+    import os
+
+    from lumina.util.files import check_output_dir
+
+    if os.path.isdir(args.output):
+        raise ValueError(f"--output={args.output!r} is a directory; give a prefix inside it, e.g. "
+                         f"{os.path.join(args.output, 'train')!r}")
+    check_output_dir("--output", os.path.dirname(os.path.abspath(args.output)))
     tokenizer = load_tokenizer(args.tokenizer)
     result = prepare_dataset(
         args.inputs,

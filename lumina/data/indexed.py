@@ -44,6 +44,26 @@ def shard_name(prefix: str, index: int) -> str:
     return f"{Path(prefix).name}.{index:05d}"
 
 
+def _check_shard_list(prefix: str, manifest: dict[str, Any]) -> None:
+    """The manifest lists every shard prepare-data wrote, in order, and its totals add up: an
+    edited list (2 of 5 shards) would otherwise train on part of the data without a word."""
+    where = manifest_path(prefix)
+    shards = manifest.get("shards", [])
+    names = [entry.get("name") for entry in shards]
+    if names != [shard_name(prefix, i) for i in range(len(shards))]:
+        raise ValueError(f"{where}: lists shards {names[:4]}{'...' if len(names) > 4 else ''}; prepare-data writes "
+                         f"{shard_name(prefix, 0)}, {shard_name(prefix, 1)}, ... in order: the manifest was edited")
+    for key, field in (("num_docs", "docs"), ("num_tokens", "tokens")):
+        total = sum(entry.get(field, 0) for entry in shards)
+        if manifest.get(key) != total:
+            raise ValueError(f"{where}: {key} is {manifest.get(key)} but its {len(shards)} shards hold {total}: "
+                             "the manifest was edited or a shard is missing from it")
+    unlisted = Path(prefix).parent / f"{shard_name(prefix, len(shards))}.bin"
+    if unlisted.exists():
+        raise ValueError(f"{where}: lists {len(shards)} shards but {unlisted} exists too: the manifest was edited "
+                         "(run prepare-data again to rebuild it)")
+
+
 def write_manifest(prefix: str, manifest: dict[str, Any]) -> None:
     atomic_write_text(str(manifest_path(prefix)), json.dumps(manifest, indent=1) + "\n")
 
@@ -218,6 +238,7 @@ class IndexedDataset:
                     f"{shard.path}.idx: {h.num_docs} documents / {h.num_tokens} tokens, the manifest says "
                     f"{entry['docs']} / {entry['tokens']}"
                 )
+        _check_shard_list(prefix, manifest)
         # Where each shard starts, in documents and in tokens, for finding a position's shard.
         self.doc_starts = np.cumsum([0] + [s.num_docs for s in self.shards], dtype=np.int64)
         self.token_starts = np.cumsum([0] + [s.header.num_tokens for s in self.shards], dtype=np.int64)

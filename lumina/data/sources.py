@@ -230,6 +230,10 @@ class DocumentReader:
             texts = batch.get(field)
             bad = 0 if texts is None else next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
             if bad is not None:
+                if texts is not None and texts[bad] is not None:
+                    value = repr(texts[bad])
+                    raise ValueError(f"{where}: record {n + bad} has {field!r} = {value[:40]}, a "
+                                     f"{type(texts[bad]).__name__}; the text field must be a string")
                 raise ValueError(f"{where}: record {n + bad} has no text field {field!r} (fields: {sorted(batch)})")
             n += len(texts)
             yield from texts

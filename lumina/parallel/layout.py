@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lumina.accounting import layer_params
+from lumina.util.argtypes import POSITIVE_INT
 from lumina.config import ModelConfig
 
 # How the transformer layers are split over pipeline stages when --pipeline-layers gives no list.
@@ -415,11 +416,11 @@ def balanced_split(weights: Sequence[int], stages: int, first_extra: int = 0,
 def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     """The parallelism flags, with Megatron-LM's names."""
     g = parser.add_argument_group("parallelism")
-    g.add_argument(_TP, type=int, default=1, help="tensor-parallel size (within a node)")
-    g.add_argument(_PP, type=int, default=1, help="pipeline stages (ZeRO 0-1 only)")
-    g.add_argument(_EP, type=int, default=1,
+    g.add_argument(_TP, type=POSITIVE_INT, default=1, help="tensor-parallel size (within a node)")
+    g.add_argument(_PP, type=POSITIVE_INT, default=1, help="pipeline stages (ZeRO 0-1 only)")
+    g.add_argument(_EP, type=POSITIVE_INT, default=1,
                    help="expert-parallel size; divides the experts and the data-parallel size")
-    g.add_argument(_GPN, type=int, default=None,
+    g.add_argument(_GPN, type=POSITIVE_INT, default=None,
                    help="ranks per node (default: the launcher's, else 8 or the world if smaller)")
     g.add_argument(_LAYERS, default=None,
                    help='layers per pipeline stage: "parameters" (default, balance parameter counts), '
@@ -427,7 +428,8 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--sequence-parallel", action="store_true",
                    help="split the tokens of the activations outside the TP regions over the TP group "
                         "(TP > 1)")
-    g.add_argument("--dry-run", type=int, nargs="?", const=0, default=None, metavar="WORLD_SIZE",
+    # Bare --dry-run means the launcher's world size (const 0); an explicit size must be >= 1.
+    g.add_argument("--dry-run", type=POSITIVE_INT, nargs="?", const=0, default=None, metavar="WORLD_SIZE",
                    help="print every rank's coordinates and layers for WORLD_SIZE ranks (default: "
                         "the launcher's world size) and exit, creating no process group")
 

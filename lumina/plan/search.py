@@ -33,6 +33,7 @@ from lumina.config import ModelConfig
 from lumina.parallel.layout import ParallelLayout
 from lumina.plan.hardware import GIB, GPU, MFUAssumption, mfu_for
 from lumina.plan.memory import FRAGMENTATION, MemoryBreakdown, estimate
+from lumina.util.argtypes import parse_count  # noqa: F401  (re-exported: the planner's count syntax)
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 (arXiv 2203.15556)
@@ -275,18 +276,6 @@ def nothing_fits_reason(cfg: ModelConfig, gpu: GPU, gpus: int, gpn: int, global_
     if offloaded <= gpu.memory_gib * GIB:
         parts.append("or optimizer offload (ZeRO-3 with offload_optimizer to CPU: ds_configs/bf16_zero3_offload.json)")
     return "; ".join(parts)
-
-
-def parse_count(text: str) -> float:
-    """'4M', '1.5B', '300e9', '2T' -> a number."""
-    t = str(text).strip().upper()
-    scale = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-    try:
-        if t and t[-1] in scale:
-            return float(t[:-1]) * scale[t[-1]]
-        return float(t)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a count: use a number with an optional K, M, B or T suffix (e.g. 4M)") from None
 
 
 def tokens_label(n: float) -> str:

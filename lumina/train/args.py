@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from lumina.config import MODES, ModelConfig, MoDConfig, MoEConfig
 from lumina.parallel.layout import add_parallel_args
 from lumina.presets import SIZES, get_preset
+from lumina.util.argtypes import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, UNIT_OPEN,
+                                  number)
 
 # Flags that only mean something in one mode: value None means "not given".
 _MOE_FLAGS = ("num_experts", "moe_router_topk", "moe_capacity_factor", "moe_eval_capacity_factor",
@@ -25,42 +27,42 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--preset", default="debug", help=f"model size: {', '.join(SIZES)}")
     g.add_argument("--mode", default="hybrid", help=f"model mode: {', '.join(MODES)}")
-    g.add_argument("--seq-length", type=int, default=None, help="tokens per sample (default: the preset's)")
-    g.add_argument("--num-layers", type=int, default=None,
+    g.add_argument("--seq-length", type=POSITIVE_INT, default=None, help="tokens per sample (default: the preset's)")
+    g.add_argument("--num-layers", type=POSITIVE_INT, default=None,
                    help="transformer layers (default: the preset's); e.g. a short b1 for a quick GPU benchmark")
     g.add_argument("--depth-scaled-init", action="store_const", const=True, default=None,
                    help="init the residual-stream output projections at std / sqrt(2 * layers) (GPT-2, Megatron)")
-    g.add_argument("--num-experts", type=int, default=None, help="MoE experts (moe/hybrid only)")
-    g.add_argument("--moe-router-topk", type=int, default=None, help="experts per token")
-    g.add_argument("--moe-capacity-factor", type=float, default=None, help="training capacity factor")
-    g.add_argument("--moe-eval-capacity-factor", type=float, default=None, help="evaluation capacity factor")
+    g.add_argument("--num-experts", type=POSITIVE_INT, default=None, help="MoE experts (moe/hybrid only)")
+    g.add_argument("--moe-router-topk", type=POSITIVE_INT, default=None, help="experts per token")
+    g.add_argument("--moe-capacity-factor", type=POSITIVE, default=None, help="training capacity factor")
+    g.add_argument("--moe-eval-capacity-factor", type=POSITIVE, default=None, help="evaluation capacity factor")
     g.add_argument("--moe-dropless", action="store_const", const=True, default=None, help="no capacity limit")
-    g.add_argument("--moe-aux-loss-coeff", type=float, default=None, help="Switch balance loss weight")
-    g.add_argument("--moe-z-loss-coeff", type=float, default=None, help="router z-loss weight")
-    g.add_argument("--moe-noop-experts", type=int, default=None, help="no-op experts (integrated MoDE)")
-    g.add_argument("--mod-capacity", type=float, default=None, help="MoD capacity in (0, 1]")
+    g.add_argument("--moe-aux-loss-coeff", type=NON_NEGATIVE, default=None, help="Switch balance loss weight")
+    g.add_argument("--moe-z-loss-coeff", type=NON_NEGATIVE, default=None, help="router z-loss weight")
+    g.add_argument("--moe-noop-experts", type=NON_NEGATIVE_INT, default=None, help="no-op experts (integrated MoDE)")
+    g.add_argument("--mod-capacity", type=number(float, 0, 1, low_open=True), default=None, help="MoD capacity in (0, 1]")
     g.add_argument("--mod-layer-pattern", default=None, help='"alternate", "all" or indices like "1,3"')
-    g.add_argument("--mod-predictor-loss-coeff", type=float, default=None, help="MoD predictor BCE weight")
+    g.add_argument("--mod-predictor-loss-coeff", type=NON_NEGATIVE, default=None, help="MoD predictor BCE weight")
 
     g = parser.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=8)
-    g.add_argument("--global-batch-size", type=int, default=None,
+    g.add_argument("--micro-batch-size", type=POSITIVE_INT, default=8)
+    g.add_argument("--global-batch-size", type=POSITIVE_INT, default=None,
                    help="default: micro batch x data-parallel size (no accumulation)")
-    g.add_argument("--train-iters", type=int, default=300)
-    g.add_argument("--lr", type=float, default=3e-3)
-    g.add_argument("--min-lr", type=float, default=3e-4)
-    g.add_argument("--lr-warmup-iters", type=int, default=None, help="default: 10%% of --train-iters")
-    g.add_argument("--weight-decay", type=float, default=0.1)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=None,
-                   help="gradient clipping norm (default: the DeepSpeed JSON's gradient_clipping, else 1.0)")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--train-iters", type=POSITIVE_INT, default=300)
+    g.add_argument("--lr", type=POSITIVE, default=3e-3)
+    g.add_argument("--min-lr", type=NON_NEGATIVE, default=3e-4)
+    g.add_argument("--lr-warmup-iters", type=NON_NEGATIVE_INT, default=None, help="default: 10%% of --train-iters")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.1)
+    g.add_argument("--adam-beta1", type=UNIT_OPEN, default=0.9)
+    g.add_argument("--adam-beta2", type=UNIT_OPEN, default=0.95)
+    g.add_argument("--adam-eps", type=POSITIVE, default=1e-8)
+    g.add_argument("--clip-grad", type=NON_NEGATIVE, default=None,
+                   help="gradient clipping norm, 0 for none (default: the DeepSpeed JSON's gradient_clipping, else 1.0)")
+    g.add_argument("--seed", type=SEED, default=1234)
     g.add_argument("--bf16", action="store_true", help="bf16 weights and activations (fp32 master weights)")
     g.add_argument("--recompute-activations", action="store_true", help="activation checkpointing per block")
-    g.add_argument("--max-nonfinite-iters", type=int, default=5,
-                   help="stop after this many iterations in a row with a NaN/inf loss")
+    g.add_argument("--max-nonfinite-iters", type=POSITIVE_INT, default=5,
+                   help="stop after this many skipped iterations in a row (NaN/inf loss or gradient norm)")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data-path", nargs="+", default=None,
@@ -71,16 +73,18 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("checkpoints, eval and logging")
     g.add_argument("--save", default=None, help="checkpoint directory (default: <run dir>/checkpoints)")
     g.add_argument("--load", default=None, help="resume from this checkpoint directory")
-    g.add_argument("--save-interval", type=int, default=100)
-    g.add_argument("--keep-last", type=int, default=2, help="checkpoints to keep")
-    g.add_argument("--eval-interval", type=int, default=100)
-    g.add_argument("--eval-iters", type=int, default=10)
-    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--save-interval", type=POSITIVE_INT, default=100)
+    g.add_argument("--keep-last", type=POSITIVE_INT, default=2, help="checkpoints to keep")
+    g.add_argument("--eval-interval", type=POSITIVE_INT, default=100)
+    g.add_argument("--eval-iters", type=NON_NEGATIVE_INT, default=10)
+    g.add_argument("--log-interval", type=POSITIVE_INT, default=10)
     g.add_argument("--run-dir", default=None, help="where metrics, logs and checkpoints go (default: runs/<preset>_<mode>)")
     g.add_argument("--tensorboard-dir", default=None, help="default: <run dir>/tensorboard")
-    g.add_argument("--peak-tflops", type=float, default=None,
+    g.add_argument("--peak-tflops", type=POSITIVE, default=None,
                    help="device peak for MFU; default: the GPU table, or a measured CPU matmul peak")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    g.add_argument("--skip-memory-check", action="store_true",
+                   help="start even when the planner's memory estimate exceeds the device's free memory")
 
     g = parser.add_argument_group("deepspeed")
     g.add_argument("--ds_config", "--deepspeed_config", dest="ds_config", default=None,
@@ -91,6 +95,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     add_parallel_args(parser)
     # Test hook: iterations whose loss is replaced by NaN, to exercise the non-finite path.
     g.add_argument("--debug-nan-iters", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
+    # ... and iterations whose loss stays finite but whose gradients are infinite (plain steps).
+    g.add_argument("--debug-inf-grad-iters", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ FORMAT = 2
 _EXPERT_KEY = re.compile(r"(.+)\[(\d+)\]")
 
 
+class SaveFailed(RuntimeError):
+    """A rank could not write its files; raised on every rank alike."""
+
+
 def tag_for(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
@@ -155,22 +159,30 @@ def save(engine, model: torch.nn.Module, layout, tp_group, save_dir: str, iterat
             else:
                 for e in range(v.shape[0]):
                     owned[_keys(f"{name}[{expert + e}]", kind)] = v[e]
-    files, index = {}, {}
-    if owned:
-        fname = f"part-{rank:05d}.safetensors"
-        files[fname] = _write_file(os.path.join(ckpt, fname), owned)
-        index = dict.fromkeys(owned, fname)
-    rng_name = f"rng-{rank:05d}.safetensors"
-    rng = _rng_file()
-    atomic_write_bytes(os.path.join(ckpt, rng_name), rng)  # 15 kB: in memory is fine
-    files[rng_name] = {"bytes": len(rng), "sha256": _sha256(rng)}
+    files, index, failure = {}, {}, None
+    try:
+        if owned:
+            fname = f"part-{rank:05d}.safetensors"
+            files[fname] = _write_file(os.path.join(ckpt, fname), owned)
+            index = dict.fromkeys(owned, fname)
+        rng_name = f"rng-{rank:05d}.safetensors"
+        rng = _rng_file()
+        atomic_write_bytes(os.path.join(ckpt, rng_name), rng)  # 15 kB: in memory is fine
+        files[rng_name] = {"bytes": len(rng), "sha256": _sha256(rng)}
+    except OSError as exc:  # a full disk, a quota, a vanished mount: every rank must hear of it
+        failure = f"rank {rank} writing {exc.filename or ckpt}: {exc.strerror}"
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (files, index))  # also the barrier: every rank's files are on disk
+    dist.all_gather_object(gathered, (files, index, failure))  # also the barrier: every rank's files are on disk
+    failures = [f for _, _, f in gathered if f is not None]
+    if failures:
+        raise SaveFailed(f"saving iteration {iteration} to {ckpt} failed ({failures[0]}"
+                         f"{f'; and {len(failures) - 1} more ranks' if len(failures) > 1 else ''}); "
+                         f"{LATEST!r} still names the previous checkpoint")
     if rank == 0:
         meta = {"iteration": iteration, "model": model_cfg.to_dict(), "world_size": dist.get_world_size(),
                 "adam_step": paramstate.adam_step(engine.optimizer), "loader": loader_state,
                 "files": {}, "tensors": {}, **extra}
-        for f, i in gathered:
+        for f, i, _ in gathered:
             meta["files"].update(f)
             meta["tensors"].update(i)
         _finish(ckpt, meta)

@@ -9,6 +9,7 @@ too (DeepSpeed would otherwise JIT-build fused_adam, about 50 s on CPU).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from lumina.train.args import Resolved
@@ -60,13 +61,36 @@ def load_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"--ds_config={path!r}: no such file")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--ds_config={path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "DeepSpeed configs are JSON in UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"--ds_config={path!r} is not valid JSON: {exc}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"--ds_config={path!r} must hold a JSON object, got {type(cfg).__name__}")
+    _check_values(cfg, f"--ds_config={path!r}")
     return cfg
+
+
+def _check_values(cfg: dict, where: str) -> None:
+    """The values Lumina reads from a DeepSpeed JSON, checked where it is parsed (DeepSpeed would
+    take a negative clip as a sign flip, or fail deep inside on a stage of "two")."""
+    clip = cfg.get("gradient_clipping")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                             or not math.isfinite(clip) or clip < 0):
+        raise ValueError(f"{where} sets gradient_clipping={clip!r}: must be a finite number >= 0 (0 = no clipping)")
+    zero = cfg.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ValueError(f"{where} sets zero_optimization={zero!r}: must be a JSON object like {{\"stage\": 1}}")
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ValueError(f"{where} sets zero_optimization.stage={stage!r}: must be 0, 1, 2 or 3")
+    for key in ("bf16", "fp16"):
+        block = cfg.get(key, {})
+        if not isinstance(block, dict) or not isinstance(block.get("enabled", False), bool):
+            raise ValueError(f"{where} sets {key}={block!r}: must be a JSON object like {{\"enabled\": true}}")
 
 
 def build(res: Resolved, ds_config: str | None, zero_stage: int | None, bf16: bool,

@@ -43,12 +43,13 @@ def evaluate(model: LuminaLM, loader, iters: int) -> dict:
 
 @torch.no_grad()
 def generate(model: LuminaLM, prompt_ids: list[int], max_new_tokens: int, temperature: float,
-             top_p: float, generator: torch.Generator, eos_id: int | None = None) -> list[int]:
+             top_p: float, generator: torch.Generator, eos_id: int | None = None,
+             on_token=None) -> list[int]:
     """Temperature + nucleus (top-p, Holtzman et al. 2020) sampling in causal mode: MoD routes by
     its predictor and MoE runs dropless, so no decision looks at tokens not yet generated.
     Each step re-runs the window (no KV cache: MoD layers see a different token subset per step)."""
-    if temperature < 0:
-        raise ValueError(f"--temperature={temperature} is invalid: must be >= 0 (0 = greedy)")
+    if not temperature >= 0 or temperature == float("inf"):  # also refuses NaN
+        raise ValueError(f"--temperature={temperature} is invalid: must be a finite number >= 0 (0 = greedy)")
     if not 0 < top_p <= 1:
         raise ValueError(f"--top-p={top_p} is invalid: must be in (0, 1]")
     ids = list(prompt_ids)
@@ -65,6 +66,8 @@ def generate(model: LuminaLM, prompt_ids: list[int], max_new_tokens: int, temper
             sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
             nxt = int(order[torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)])
         ids.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
         if eos_id is not None and nxt == eos_id:
             break
     return ids[len(prompt_ids):]

@@ -16,7 +16,7 @@ import torch
 from lumina.accounting import account
 from lumina.config import ModelConfig
 from lumina.model import LuminaLM
-from lumina.train import checkpoint, distributed
+from lumina.train import checkpoint, distributed, rundir
 from lumina.train.args import Resolved, resolve
 from lumina.parallel.dry_run import dry_run
 from lumina.parallel.layout import ParallelLayout, dry_run_world_size, layout_from_args
@@ -29,6 +29,7 @@ from lumina.train.optim import lr_at, make_optimizer, param_groups
 from lumina.train.step import PipeStep, PlainStep
 
 EXIT_NONFINITE = 3
+EXIT_SAVE_FAILED = 4
 
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
@@ -36,15 +37,22 @@ def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
     return int(math.ceil(vocab_size / multiple) * multiple)
 
 
+class RunComplete(Exception):
+    """--load names a checkpoint at or past --train-iters: exit 0 and say so."""
+
+
 class _StopFlag:
-    """SIGTERM / SIGUSR1 (what SLURM sends before a kill or preemption) ask for save-and-exit."""
+    """SIGTERM / SIGUSR1 (what SLURM sends before a kill or preemption) and Ctrl-C (SIGINT) ask for
+    save-and-exit. A second Ctrl-C interrupts at once, as Python's default would."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signal = signum
 
 
@@ -100,17 +108,42 @@ class Trainer:
         if args.load is not None:  # refuse a wrong checkpoint before any process group exists
             tag, meta = checkpoint.latest(args.load)
             checkpoint.check_compatible(meta, self.cfg, args.load)
+            if meta["iteration"] >= args.train_iters:  # a resubmitted job that already finished
+                raise RunComplete(f"lumina: the run is complete: {args.load} holds iteration {meta['iteration']} "
+                                  f"and --train-iters is {args.train_iters}; nothing to do")
             self.resume = (tag, meta)
         # Retention deletes only this run's checkpoints; a resumed run continues its run's id.
         self.run_id = (self.resume[1].get("run_id") if self.resume else None) or uuid.uuid4().hex
         self.run_dir = args.run_dir or os.path.join("runs", f"{self.cfg.name}_{self.cfg.mode}")
         self.save_dir = args.save or os.path.join(self.run_dir, "checkpoints")
+        self.tb_dir = args.tensorboard_dir or os.path.join(self.run_dir, "tensorboard")
+        for flag, path in (("--run-dir", self.run_dir), ("--tensorboard-dir", self.tb_dir), ("--save", self.save_dir)):
+            rundir.check_output_dir(flag, path)
+        rundir.check_room("--save", self.save_dir, account(self.cfg, self.seq).params_total)
 
         self.device = distributed.device()
+        if not args.skip_memory_check:
+            rundir.check_memory(self.cfg, self.layout, res.micro_batch_size, res.grad_accum, zero_stage_of(self.ds_config),
+                                bf16_enabled(self.ds_config), args.recompute_activations, self.device, res.world_size)
         distributed.init(self.device)
         import torch.distributed as dist
 
         self.rank = dist.get_rank()
+        # One trainer per run directory. Rank 0 holds the lock; every rank learns the outcome, so a
+        # refusal stops them all rather than leaving the others waiting.
+        self.lock = rundir.RunLock(self.run_dir)
+        refusal = None
+        if self.rank == 0:
+            try:
+                warning = self.lock.acquire()
+                if warning:
+                    print(warning, file=sys.stderr)
+            except ValueError as exc:
+                refusal = str(exc)
+        outcome = [refusal]
+        dist.broadcast_object_list(outcome, src=0)
+        if outcome[0] is not None:
+            raise ValueError(outcome[0])
         self.dp_rank = self.layout.coords(self.rank).dp  # TP peers read the same data
         self.train_loader, self.valid_loader = _data(args, self.seq, res.micro_batch_size, self.dp_rank,
                                                      res.dp_size, self.tokenizer)
@@ -171,7 +204,7 @@ class Trainer:
             self.iteration = meta["iteration"]
         self.acc = account(self.cfg, self.seq)
         self.peak, self.peak_source = peak_tflops(self.device, args.peak_tflops)
-        self.log = MetricsLogger(self.run_dir, args.tensorboard_dir or os.path.join(self.run_dir, "tensorboard"),
+        self.log = MetricsLogger(self.run_dir, self.tb_dir,
                                  args.train_iters, self.iteration, enabled=self.rank == 0,
                                  progress=not args.no_progress)
 
@@ -184,7 +217,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        return self.step.train(poison=self.iteration + 1 in self.args.debug_nan_iters)
+        nxt = self.iteration + 1
+        return self.step.train(poison="loss" if nxt in self.args.debug_nan_iters
+                               else "grad" if nxt in self.args.debug_inf_grad_iters else None)
 
     def evaluate(self) -> float | None:
         """Mean held-out LM loss over --eval-iters micro-batches, the same batches every time."""
@@ -225,15 +260,16 @@ class Trainer:
         window_start, window_iters = time.perf_counter(), 0
         bad_in_row, last_loss, last_eval, stats = 0, None, None, {}
         while self.iteration < args.train_iters:
+            self.lock.touch()
             loss = self.train_iteration()
             self.iteration += 1
             if loss is None:
                 bad_in_row += 1
                 self.log.log({"iteration": self.iteration, "split": "train", "skipped": True,
-                              "reason": "non-finite loss", "nonfinite_in_row": bad_in_row})
+                              "reason": "non-finite loss or gradient norm", "nonfinite_in_row": bad_in_row})
                 if bad_in_row >= args.max_nonfinite_iters:
                     self.log.print(
-                        f"lumina: stopping: {bad_in_row} iterations in a row had a NaN/inf loss "
+                        f"lumina: stopping: {bad_in_row} iterations in a row had a NaN/inf loss or gradient norm "
                         f"(--max-nonfinite-iters={args.max_nonfinite_iters}); the last good "
                         f"checkpoint in {self.save_dir} is kept. Lower --lr or check the data.")
                     self.log.close()
@@ -256,7 +292,12 @@ class Trainer:
             stop = distributed.any_rank(self.stop.signal is not None, self.device)
             due = self.iteration % args.save_interval == 0 or self.iteration == args.train_iters
             if (due and bad_in_row == 0) or stop:
-                path = self.save()
+                try:
+                    path = self.save()
+                except checkpoint.SaveFailed as exc:
+                    self.log.print(f"lumina: error: {exc}. Free space (or fix --save) and resume with --load.")
+                    self.log.close()
+                    return EXIT_SAVE_FAILED
                 self.log.print(f"lumina: saved checkpoint {path}")
             if stop:
                 self.log.print(f"lumina: received signal {self.stop.signal or 'on another rank'}; "
@@ -299,7 +340,13 @@ def train(args: argparse.Namespace) -> int:
             print(dry_run(layout, cfg))
             return 0
         trainer = Trainer(args)
+    except RunComplete as done:
+        print(done, file=sys.stderr)
+        return 0
     except ValueError as exc:
         print(f"lumina: error: {exc}", file=sys.stderr)
         return 2
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:
+        trainer.lock.release()

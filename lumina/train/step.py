@@ -1,7 +1,13 @@
 """How one optimizer step runs: `PlainStep` (DeepSpeed engine, gradient accumulation in a loop)
 or `PipeStep` (DeepSpeed's pipeline engine, 1F1B). The trainer holds one of them and never
-branches on the layout itself; both return the mean LM loss over data parallel, or None when a
-non-finite loss made every rank skip the update.
+branches on the layout itself; both return the mean LM loss over data parallel, or None when the
+step was skipped.
+
+A step is skipped when any rank saw a non-finite loss or the global gradient norm is not finite
+(a finite loss can come with an inf gradient). The decision is taken once per step, at the
+accumulation boundary, on every rank alike: the loss flag rides on the one all-reduce that also
+averages the loss, and the norm is global already (Lumina's, or DeepSpeed's optimizer's, which
+then skips the update itself). No micro-batch waits on the host or on other ranks.
 
 Where the optimizer does not compute the gradient norm correctly (ZeRO-0, see
 lumina/train/gradnorm.py), the step computes it with `global_grad_norm` after the data-parallel
@@ -10,7 +16,10 @@ reduction and clips by it.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.distributed as dist
 
 from lumina.train import distributed
 from lumina.train.gradnorm import global_grad_norm
@@ -31,6 +40,12 @@ class _Step:
         return global_grad_norm(self.t.engine.module, self.t.device, tp_group=w.tp_group,
                                 ep_group=w.ep.group if w.ep is not None else None,
                                 pipe_group=pipe_group, clip=self.clip)
+
+    def _finish(self, decided_skip: bool) -> bool:
+        """Whether the step just taken was skipped: by Lumina's decision, or by DeepSpeed's
+        optimizer on a non-finite norm (it then never calls the inner optimizer)."""
+        norm = self.logged_grad_norm()
+        return decided_skip or self.t.optimizer.skipped_last or (norm is not None and not math.isfinite(norm))
 
     def logged_grad_norm(self) -> float | None:
         """Lumina's norm where it computes one, else the optimizer's."""
@@ -57,6 +72,19 @@ def _forget_state_init_step(optimizer) -> None:
             torch._foreach_copy_(high, low)
 
 
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose step must still be
+    skipped (what a huge learning rate did to a MoE run)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
 class PlainStep(_Step):
     def __init__(self, trainer, clip: float | None, own_norm: bool):
         super().__init__(trainer, clip, own_norm)
@@ -74,37 +102,35 @@ class PlainStep(_Step):
             self.t.engine.optimizer.clear_lp_grads()
         self.t.engine.backward(loss)
 
-    def _zero_loss(self) -> torch.Tensor:
-        """A loss whose gradient is exactly zero for every parameter: keeps DeepSpeed's
-        accumulation and gradient hooks in step when a micro-batch is skipped."""
-        return sum(p.sum() for p in self.t.engine.module.parameters()) * 0.0
-
-    def train(self, poison: bool) -> float | None:
+    def train(self, poison: str | None) -> float | None:
+        """poison (test hook): "loss" makes every micro-batch's loss NaN, "grad" its gradient inf."""
         t, engine = self.t, self.t.engine
-        lm_losses, skipped, self.grad_norm = [], False, None
+        self.grad_norm = None
+        t.optimizer.skip_next = t.optimizer.skipped_last = False
+        # [non-finite flag, LM loss sum] of this rank's micro-batches, kept on the device: read
+        # once, in the step's one all-reduce.
+        acc = torch.zeros(2, dtype=torch.float64, device=t.device)
+        skip = False
         for _ in range(t.res.grad_accum):
-            batch = t.train_loader.next_batch().to(t.device)  # consumed even when skipped
-            if skipped:
-                self._backward(self._zero_loss())
-                engine.step()
-                continue
+            batch = t.train_loader.next_batch().to(t.device)
             out = engine(batch[:, :-1], labels=batch[:, 1:])
             loss = out.loss + out.aux_loss
-            if poison:
+            if poison == "loss":
                 loss = loss * float("nan")
-            if distributed.any_rank(not bool(torch.isfinite(loss)), t.device):
-                skipped = True
-                t.optimizer.skip_next = True  # consumed by the step at the accumulation boundary
-                self._backward(self._zero_loss())
-            else:
-                self._backward(loss)
-                lm_losses.append(float(out.loss.detach()))
+            elif poison == "grad":
+                loss = _InfiniteGradient.apply(loss)
+            acc[0] += (~torch.isfinite(loss.detach())).double()
+            acc[1] += out.loss.detach().double()
+            self._backward(loss)
             if engine.is_gradient_accumulation_boundary():
                 self.grad_norm = self._norm()
+                dist.all_reduce(acc)
+                skip = bool(acc[0] > 0) or (self.grad_norm is not None and not math.isfinite(self.grad_norm))
+                t.optimizer.skip_next = skip
             engine.step()
-        if skipped:
+        if self._finish(skip):
             return None
-        return distributed.all_reduce_mean([sum(lm_losses) / len(lm_losses)], t.device)[0]
+        return float(acc[1]) / (t.res.grad_accum * dist.get_world_size())
 
     @torch.no_grad()
     def evaluate(self, eval_iters: int) -> float:
@@ -124,7 +150,9 @@ class PlainStep(_Step):
 class PipeStep(_Step):
     """The pipeline module computes the loss on the last stage (`lm_loss`); a non-finite one is
     recorded and every rank decides to skip inside the optimizer step, after the gradients are
-    reduced (the optimizer's `decide_skip` hook, which every rank reaches)."""
+    reduced (the optimizer's `decide_skip` hook, which every rank reaches), together with a
+    non-finite gradient norm. DeepSpeed's own optimizers (ZeRO-1, BF16_Optimizer) skip a
+    non-finite norm before the hook; `_finish` counts that too."""
 
     def __init__(self, trainer, clip: float | None, own_norm: bool):
         super().__init__(trainer, clip, own_norm)
@@ -143,14 +171,16 @@ class PipeStep(_Step):
 
     def _loss(self, outputs, labels) -> torch.Tensor:
         loss = self.t.model.lm_loss(outputs, labels)
-        self.nonfinite |= not bool(torch.isfinite(loss))
+        self.nonfinite = self.nonfinite | ~torch.isfinite(loss.detach())  # on the device: no sync here
         return loss
 
     def _before_step(self) -> bool:
-        if distributed.any_rank(self.nonfinite, self.t.device):
+        if distributed.any_rank(bool(self.nonfinite), self.t.device):
+            self.decided_skip = True
             return True
         self.grad_norm = self._norm(pipe_group=self.t.model._grid.get_pipe_parallel_group())
-        return False
+        self.decided_skip = self.grad_norm is not None and not math.isfinite(self.grad_norm)
+        return self.decided_skip
 
     def _lm_loss(self) -> float:
         """Mean LM loss of the last stages' micro-batches, on every rank."""
@@ -163,15 +193,15 @@ class PipeStep(_Step):
         self.t.model.lm_losses.clear()
         return float(t[0] / t[1])
 
-    def train(self, poison: bool) -> float | None:
+    def train(self, poison: str | None) -> float | None:
         t = self.t
-        self.grad_norm, self.nonfinite = None, False
+        self.grad_norm, self.nonfinite, self.decided_skip = None, False, False
+        t.optimizer.skip_next = t.optimizer.skipped_last = False
         t.model.lm_losses.clear()
-        t.model.poison_next = poison
+        t.model.poison_next = poison == "loss"
         t.engine.train_batch(iter(self._batches(t.train_loader, t.res.grad_accum)))
-        if t.optimizer.skipped_last:
-            return None
-        return self._lm_loss()
+        loss = self._lm_loss()  # collective: every rank, skipped or not
+        return None if self._finish(self.decided_skip) else loss
 
     @torch.no_grad()
     def evaluate(self, eval_iters: int) -> float:

@@ -34,3 +34,17 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_output_dir(flag: str, path: str) -> None:
+    """`path` exists as a directory or can be created, and a file can be written in it."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag}={path!r} is a file; give a directory (it is created if missing)")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".lumina-write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{flag}={path!r} is not writable ({exc.strerror})") from None

@@ -82,7 +82,8 @@ def test_dataset_reads_across_shards_and_checks_its_manifest(tmp_path):
     a = write_shard(tmp_path / "d.00000", [np.arange(4), np.arange(10, 13)])
     b = write_shard(tmp_path / "d.00001", [np.arange(20, 26)])
     shards = [{"name": "d.00000", "docs": 2, "tokens": 7}, {"name": "d.00001", "docs": 1, "tokens": 6}]
-    manifest = {"format": "lumina-indexed-dataset", "complete": True, "tokenizer_sha256": SHA, "vocab_size": 1000}
+    manifest = {"format": "lumina-indexed-dataset", "complete": True, "tokenizer_sha256": SHA, "vocab_size": 1000,
+                "num_docs": 3, "num_tokens": 13}
     manifest["shards"] = shards
     manifest_path(str(tmp_path / "d")).write_text(json.dumps(manifest))
     ds = IndexedDataset(str(tmp_path / "d"))
@@ -91,6 +92,16 @@ def test_dataset_reads_across_shards_and_checks_its_manifest(tmp_path):
         np.testing.assert_array_equal(ds.document(i), doc)
     np.testing.assert_array_equal(ds.tokens(5, 10), [11, 12, 20, 21, 22])
     assert [ds.doc_token_offset(i) for i in range(4)] == [0, 4, 7, 13]
+
+    # A manifest edited to list fewer shards: the totals no longer add up; with the totals edited
+    # too, the unlisted shard's file gives it away.
+    edited = {**manifest, "shards": shards[:1]}
+    manifest_path(str(tmp_path / "d")).write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=r"num_docs is 3 but its 1 shards hold 2: the manifest was edited"):
+        IndexedDataset(str(tmp_path / "d"))
+    manifest_path(str(tmp_path / "d")).write_text(json.dumps({**edited, "num_docs": 2, "num_tokens": 7}))
+    with pytest.raises(ValueError, match=r"lists 1 shards but .*d.00001.bin exists too"):
+        IndexedDataset(str(tmp_path / "d"))
 
     manifest["shards"][1]["tokens"] = 7
     manifest_path(str(tmp_path / "d")).write_text(json.dumps(manifest))

@@ -59,6 +59,12 @@ def test_other_text_field(tmp_path):
         read([tmp_path / "a.jsonl"])
 
 
+def test_a_text_field_that_is_not_a_string_is_named_as_such(tmp_path):
+    (tmp_path / "n.jsonl").write_text('{"text": "fine"}\n{"text": 12345}\n')
+    with pytest.raises(ValueError, match=r"n.jsonl: record 1 has 'text' = 12345, a int; the text field must be a string"):
+        read([tmp_path / "n.jsonl"])
+
+
 @pytest.mark.parametrize("mode, expected", [("replace", "caf\ufffd \ufffd\ufffd ok"), ("skip", "caf  ok")])
 def test_invalid_utf8_is_replaced_or_skipped_and_counted(tmp_path, mode, expected):
     (tmp_path / "bad.jsonl").write_bytes(b'{"text": "caf\xe9 \xff\xfe ok"}\n{"text": "fine"}\n')

@@ -372,3 +372,20 @@ def test_the_launcher_refuses_bad_options_before_running_anything(job, argv, mes
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not any(job.log.iterdir())
+
+
+def test_the_cli_applies_time_to_gpu_scripts_and_checks_passed_flags(tmp_path, capsys):
+    """`lumina slurm --time` sets the planned (GPU) script's limit too, and flags after `--` get
+    the trainer's own pre-flight at the script's world size before anything is written."""
+    from lumina.cli import main
+
+    assert main(["slurm", "--preset", "debug", "--mode", "dense", "--time", "1-02:00:00", "--out", str(tmp_path)]) == 0
+    assert "#SBATCH --time=1-02:00:00" in (tmp_path / "debug_dense.sh").read_text()
+    assert main(["slurm", "--time", "5h", "--out", str(tmp_path)]) == 2
+    assert "argument --time: '5h' is not a SLURM time limit" in capsys.readouterr().err
+    argv = ["slurm", "--preset", "debug", "--mode", "dense", "--cpu-tasks", "3", "--out", str(tmp_path / "cpu"), "--"]
+    assert main([*argv, "--tensor-model-parallel-size", "2"]) == 2
+    assert "refused by the trainer on 3 ranks: --tensor-model-parallel-size x" in capsys.readouterr().err
+    assert main([*argv, "--lr", "nan"]) == 2
+    assert "argument --lr: 'nan' is not a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "cpu").exists()

@@ -138,8 +138,12 @@ def test_nothing_fits_names_what_would():
     (["--gpu", "a200"], "--gpu='a200' is unknown: choose one of a100-40gb"),
     (["--gpus", "12"], "--gpus=12 is not a whole number of 8-GPU nodes"),
     (["--gpus", "16", "--tensor-model-parallel-size", "16"], "is larger than --gpus-per-node=8"),
-    (["--tokens", "lots"], "'lots' is not a count"),
-    (["--mfu", "1.5"], "--mfu=1.5 is invalid"),
+    (["--tokens", "lots"], "argument --tokens: 'lots' is not a count"),
+    (["--tokens=-1B"], "argument --tokens: '-1B' is not a count > 0"),
+    (["--mfu", "1.5"], "argument --mfu: '1.5' is not a finite number > 0 and <= 1"),
+    (["--price", "-2"], "argument --price: '-2' is not a finite number >= 0"),
+    (["--price", "nan"], "argument --price: 'nan' is not a finite number >= 0"),
+    (["--gpus-per-node", "0"], "argument --gpus-per-node: '0' is not an integer >= 1"),
 ])
 def test_bad_input_gets_a_clear_message(capsys, argv, message):
     from lumina.cli import main

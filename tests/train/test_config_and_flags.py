@@ -63,6 +63,9 @@ def test_batch_arithmetic():
     ({"fp16": {"enabled": True}}, "enables fp16, which DeepSpeed does not support on CPU"),
     ([1, 2], "must hold a JSON object"),
     ({"gradient_clipping": 0.5}, "sets gradient_clipping=0.5 but --clip-grad=1.0"),
+    ({"gradient_clipping": -3}, "sets gradient_clipping=-3: must be a finite number >= 0"),
+    ({"zero_optimization": {"stage": "two"}}, "sets zero_optimization.stage='two': must be 0, 1, 2 or 3"),
+    ({"bf16": {"enabled": "yes"}}, "sets bf16={'enabled': 'yes'}: must be a JSON object like"),
 ])
 def test_contradictory_ds_config_is_refused(tmp_path, content, message):
     path = tmp_path / "ds.json"
@@ -70,6 +73,40 @@ def test_contradictory_ds_config_is_refused(tmp_path, content, message):
     res = resolve(parse("--micro-batch-size", "8"), world_size=1)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build(res, str(path), None, False, 1.0, on_cpu=True)
+
+
+def test_a_ds_config_that_is_not_utf8_is_refused_naming_it(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_bytes(b'{"gradient_clipping": 1.0, "x": "\xff"}')
+    res = resolve(parse("--micro-batch-size", "8"), world_size=1)
+    with pytest.raises(ValueError, match=r"--ds_config='.*ds.json' is not UTF-8 text"):
+        build(res, str(path), None, False, None, on_cpu=True)
+
+
+# Values refused where argparse parses them, so `lumina train`, `deepspeed lumina/pretrain.py` and
+# `lumina slurm ... -- <flags>` (which runs the same parser) all give the same one line.
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number > 0"),
+    (["--lr", "-1"], "argument --lr: '-1' is not a finite number > 0"),
+    (["--clip-grad", "-3"], "argument --clip-grad: '-3' is not a finite number >= 0"),
+    (["--weight-decay", "-5"], "argument --weight-decay: '-5' is not a finite number >= 0"),
+    (["--adam-beta1", "1.5"], "argument --adam-beta1: '1.5' is not a finite number >= 0 and < 1"),
+    (["--adam-eps", "-1"], "argument --adam-eps: '-1' is not a finite number > 0"),
+    (["--seed", "-1"], "argument --seed: '-1' is not an integer >= 0 and <= 4294967295"),
+    (["--peak-tflops", "0"], "argument --peak-tflops: '0' is not a finite number > 0"),
+    (["--gpus-per-node", "0"], "argument --gpus-per-node: '0' is not an integer >= 1"),
+    (["--dry-run", "0"], "argument --dry-run: '0' is not an integer >= 1"),
+    (["--mod-capacity", "1.5"], "argument --mod-capacity: '1.5' is not a finite number > 0 and <= 1"),
+])
+def test_bad_values_are_refused_where_they_are_parsed(capsys, argv, message):
+    from lumina.cli import main
+    from lumina.commands.slurm import check_train_flags
+
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="refused by the trainer: .*" + message.split(":")[0]):
+        check_train_flags("debug", "hybrid", 2, argv)
 
 
 def test_cli_reports_errors_without_traceback(capsys):
@@ -83,7 +120,11 @@ def test_cli_reports_errors_without_traceback(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--load", "/nonexistent/ckpt"], "--load='/nonexistent/ckpt': no such checkpoint directory"),
     (["generate", "--load", "/nonexistent/ckpt", "--prompt", "x"], "no such checkpoint directory"),
-    (["generate", "--load", ".", "--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens=0 is invalid"),
+    (["generate", "--load", ".", "--prompt", "x", "--max-new-tokens", "0"],
+     "argument --max-new-tokens: '0' is not an integer >= 1 and <= 16384"),
+    (["generate", "--load", ".", "--prompt", "x", "--max-new-tokens", "100000000"], "and <= 16384"),
+    (["generate", "--load", ".", "--prompt", "x", "--temperature", "nan"],
+     "argument --temperature: 'nan' is not a finite number >= 0"),
 ])
 def test_eval_and_generate_refuse_bad_input(capsys, argv, message):
     from lumina.cli import main
