@@ -212,10 +212,10 @@ def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int,
             # gradients, activations gone, and the flat copy DeepSpeed's ZeRO-0 all-reduce makes
             # of them, bucket by bucket, when there is more than one process):
             # W + O + max(A + G_first, G + flat) = W + O + A + max(G_first, G + flat - A).
-            first = (embed if stage == pp - 1 else kinds[False if counts[False] else True][0] / tp) * p.grad
+            first_grad = (embed if stage == pp - 1 else kinds[False if counts[False] else True][0] / tp) * p.grad
             world = tp * pp * dp  # the trainer turns the all-reduce off in a one-process run
             flat = min(dg + eg, ALLREDUCE_BUCKET_ELEMENTS * p.grad) if world > 1 else 0.0
-            dg, eg = max(first, dg + eg + flat - act), 0.0
+            dg, eg = max(first_grad, dg + eg + flat - act), 0.0
         buffers = context_bytes + (BUCKET_BYTES if zero >= 1 else 0)
         if zero >= 3:
             biggest = max(sum(kinds[r][:2]) for r, c in counts.items() if c) / tp

@@ -129,3 +129,16 @@ def test_a_run_that_cannot_fit_is_refused_before_allocating():
                                              r"machine has .* GiB of RAM available. Find a layout that fits with "
                                              r"`lumina plan --preset b7 --mode dense --gpus 1`"):
             rundir.check_memory(cfg, layout, 8, 1, 0, False, False, cpu, 1)
+
+
+def test_the_memory_check_handles_pipelined_fp32_layouts():
+    """fp32 ZeRO-0 with two stages (what the CPU SLURM test runs) once crashed the planner's
+    estimate: a loop variable was reused for the first gradient's bytes."""
+    import torch
+
+    from lumina.parallel.layout import ParallelLayout
+    from lumina.presets import get_preset
+
+    cfg = get_preset("debug", "hybrid")
+    layout = ParallelLayout.build(8, 2, 2, 2, model_cfg=cfg)
+    rundir.check_memory(cfg, layout, 2, 2, 0, False, False, torch.device("cpu"), 8)
