@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("lumina.commands.import_hf", "a Hugging Face Llama or Mixtral model as a checkpoint to continue pre-training"),
     "upcycle": ("lumina.commands.upcycle", "a dense model as moe, mod or hybrid: experts copied from the FFN, routers fresh"),
     "bench": ("lumina.commands.bench", "the benchmark table: every mode beside HF Llama/Mixtral and a plain loop, measured"),
+    "study": ("lumina.commands.study", "studies that train many small models: `lumina study isoflop` (every mode at equal FLOPs)"),
     "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
 }
 
