@@ -72,12 +72,10 @@ def _spec(args: argparse.Namespace):
 
 def write_report(results: dict, out_dir: str, markdown: str) -> list[str]:
     from lumina.study import plots, report
-    from lumina.util.files import atomic_write_text
+    from lumina.util.files import write_page
 
-    written = plots.draw(results, out_dir)
-    rel = os.path.relpath(out_dir, os.path.dirname(os.path.abspath(markdown)) or ".")
-    atomic_write_text(markdown, report.render(results, plots_dir=rel))
-    return [markdown, *written]
+    return write_page(markdown, out_dir, lambda rel: report.render(results, plots_dir=rel),
+                      lambda d: plots.draw(results, d))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from lumina.data.embedded import TRAIN_DIR, VALIDATION_DIR, corpus_sha256
@@ -24,24 +25,34 @@ def embedded_corpus_shards(cache_dir: str | None = None) -> tuple[str, str]:
     embedded tokenizer; prepared the first time and reused after.
 
     The folder is named by a hash of the corpus, the tokenizer and the shard format, so a
-    changed package never reads stale shards. Two processes racing here each prepare into a
-    private folder and rename it into place; the rename is atomic and the loser's copy is dropped.
+    changed package never reads stale shards.
     """
     tokenizer = load_tokenizer()
     key = hashlib.sha256(
         f"{VERSION}:{tokenizer.sha256}:{corpus_sha256('train')}:{corpus_sha256('validation')}".encode()
     ).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    final = root / f"embedded-{key}"
-    prefixes = (str(final / "train"), str(final / "validation"))
-    if final.is_dir():
-        return prefixes
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".embedded-{key}-", dir=root))
-    work.chmod(0o755)  # mkdtemp makes it private; the published cache is for every user of the machine
-    try:
+
+    def build(work: Path) -> None:
         for split, source in (("train", TRAIN_DIR), ("validation", VALIDATION_DIR)):
             prepare_dataset([str(source)], str(work / split), tokenizer)
+
+    final = prepared_once(root / f"embedded-{key}", build)
+    return str(final / "train"), str(final / "validation")
+
+
+def prepared_once(final: Path, build: Callable[[Path], None]) -> Path:
+    """`final`, a folder of prepared data that `build(folder)` writes, made if it is missing.
+
+    `build` writes into a private folder that is then renamed into place, so two processes racing
+    here each build, the rename is atomic, and the loser's copy is dropped."""
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the published cache is for every user of the machine
+    try:
+        build(work)
         try:
             os.rename(work, final)
         except OSError:
@@ -49,4 +60,4 @@ def embedded_corpus_shards(cache_dir: str | None = None) -> tuple[str, str]:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return prefixes
+    return final

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,25 +59,13 @@ def check_c4_file(path: str) -> None:
 
 def _c4_shards(path: str, sha256: str, tokenizer) -> str:
     """The prefix of `path` prepared as token shards, cached like the embedded corpus's."""
-    from lumina.data.cache import cache_root
+    from lumina.data.cache import cache_root, prepared_once
     from lumina.data.indexed import VERSION
     from lumina.data.prepare import prepare_dataset
 
     key = hashlib.sha256(f"{VERSION}:{tokenizer.sha256}:{sha256}".encode()).hexdigest()[:16]
-    final = cache_root() / f"study-c4-{key}"
-    if final.is_dir():
-        return str(final / "c4")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".study-c4-{key}-", dir=final.parent))
-    try:
-        prepare_dataset([path], str(work / "c4"), tokenizer)
-        try:
-            os.rename(work, final)
-        except OSError:
-            if not final.is_dir():  # not lost to a racing process: a real failure
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    final = prepared_once(cache_root() / f"study-c4-{key}",
+                          lambda work: prepare_dataset([path], str(work / "c4"), tokenizer))
     return str(final / "c4")
 
 

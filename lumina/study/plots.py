@@ -16,6 +16,14 @@ def _errorbar(ax, rows: list[dict], label: str, **style) -> None:
                 markersize=3, linewidth=1.0, **style)
 
 
+def _label(ax, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("held-out loss")
+    ax.legend(fontsize=7)
+
+
 def draw(results: dict, out_dir: str) -> list[str]:
     """Held-out loss against training FLOPs, one panel per data set and mode (a line per size);
     and the isoFLOP frontier, one panel per data set (a line per variant). Error bars: one
@@ -36,11 +44,7 @@ def draw(results: dict, out_dir: str) -> list[str]:
                         and p["size"] == size]
                 if rows:
                     _errorbar(ax, rows, size)
-            ax.set_xscale("log")
-            ax.set_title(f"{dataset}: {mode}", fontsize=9)
-            ax.set_xlabel("training FLOPs")
-            ax.set_ylabel("held-out loss")
-            ax.legend(fontsize=6)
+            _label(ax, f"{dataset}: {mode}")
     _save(fig, os.path.join(out_dir, FIGURES[0]))
     plt.close(fig)
 
@@ -51,11 +55,7 @@ def draw(results: dict, out_dir: str) -> list[str]:
                           key=lambda p: p["budget"])
             if rows:
                 _errorbar(ax, rows, variant, linestyle="-" if variant in main else ":")
-        ax.set_xscale("log")
-        ax.set_title(f"{dataset}: isoFLOP frontier (best size per budget)", fontsize=9)
-        ax.set_xlabel("training FLOPs")
-        ax.set_ylabel("held-out loss")
-        ax.legend(fontsize=7)
+        _label(ax, f"{dataset}: isoFLOP frontier (best size per budget)")
     _save(fig, os.path.join(out_dir, FIGURES[1]))
     plt.close(fig)
     return [os.path.join(out_dir, name) for name in FIGURES]

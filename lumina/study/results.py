@@ -37,12 +37,8 @@ def save(results: dict, path: str) -> None:
 
 
 def load(path: str) -> dict:
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"study results {path} does not exist: run `lumina study isoflop` to make it") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"study results {path} is not JSON ({exc})") from None
+    from lumina.util.files import load_json
+
+    results = load_json(path, "study results", "run `lumina study isoflop` to make it")
     check(results, SCHEMA, "study results")
     return results

@@ -48,3 +48,26 @@ def check_output_dir(flag: str, path: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise ValueError(f"{flag}={path!r} is not writable ({exc.strerror})") from None
+
+
+def load_json(path: str, what: str, how_to_make: str) -> dict:
+    """A JSON file as a dict; a missing or malformed file is a one-line ValueError naming `what`
+    (e.g. "study results") and `how_to_make` it. JSON executes nothing it reads."""
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist: {how_to_make}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not JSON ({exc})") from None
+
+
+def write_page(markdown: str, out_dir: str, render, draw) -> list[str]:
+    """Draw a generated page's figures into `out_dir` (`draw(out_dir) -> paths`), then write the
+    page (`render(plots_dir) -> text`), which links them by their folder relative to the page."""
+    written = draw(out_dir)
+    rel = os.path.relpath(out_dir, os.path.dirname(os.path.abspath(markdown)) or ".")
+    atomic_write_text(markdown, render(rel))
+    return [markdown, *written]
