@@ -76,7 +76,7 @@ def _progress(path: str, spec: StudySpec) -> list[dict]:
         return []
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    if not lines or lines[0].get("spec") != spec.to_dict():
+    if not lines or lines[0].get("spec") != json.loads(json.dumps(spec.to_dict())):  # tuples read back as lists
         os.unlink(path)
         return []
     return lines[1:]

@@ -165,3 +165,24 @@ def test_committed_page_is_rendered_from_the_committed_results():
             "docs/study.md drifted from docs/study/results.json: run `lumina study isoflop --report-only`"
     assert data["kind"] in ("full", "reduced")
     json.dumps(data)
+
+
+def test_an_interrupted_study_resumes_without_retraining(tmp_path, monkeypatch):
+    import dataclasses
+
+    from lumina.study import runner, train
+
+    spec = dataclasses.replace(smoke_spec(), datasets=("embedded",), budgets=(1e9,), width_factors=(0.5,),
+                               ablation_budget=0)
+    first = runner.run(spec, "test", str(tmp_path), log=lambda *_: None)
+    assert len(first["runs"]) == 7  # 4 modes + 2 MoD capacities + the integrated hybrid
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train, "train_run", no_training)
+    again = runner.run(spec, "test", str(tmp_path), log=lambda *_: None)
+    assert again["runs"] == first["runs"]
+    # another spec does not take this one's runs
+    with pytest.raises(AssertionError, match="trained again"):
+        runner.run(dataclasses.replace(spec, seeds=(2,)), "test", str(tmp_path), log=lambda *_: None)
