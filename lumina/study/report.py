@@ -111,6 +111,7 @@ def render(results: dict, plots_dir: str = "study") -> str:
             cells = {v["budget"]: _diff(v) for v in vs if v["variant"] == variant}
             rows.append([variant] + [cells.get(b, "-") for b in budgets])
         lines += [f"**{d['name']}**", "", *_table(["variant"] + [f"{b:.3g} FLOPs" for b in budgets], rows), ""]
+    lines += ablations(results)
     lines += [
         "## IsoFLOP frontier",
         "",
@@ -142,9 +143,9 @@ def render(results: dict, plots_dir: str = "study") -> str:
         "## Limits",
         "",
         "- The budgets are what a 2-core CPU trains in the hour the study is allowed: tens to hundreds of steps "
-        "of models under a million parameters, far short of the tokens per parameter where isoFLOP optima are "
-        "usually measured (Hoffmann et al. 2022 fit about 20). At these budgets the smallest size tends to win "
-        "every frontier; the verdicts say which mode learns fastest early, not which scales best. "
+        "of models under a few million parameters, far short of the tokens per parameter where isoFLOP optima "
+        f"are usually measured (Hoffmann et al. 2022 fit about 20). {_smallest(results)} The verdicts say "
+        "which mode learns fastest in its first steps, not which scales best. "
         f"`--base debug_200m` derives the same ladder from debug_200m's shape for a machine that can train it.",
         "- The integrated hybrid is charged `lumina.accounting`'s FLOPs, which count every top-2 assignment as "
         "reaching a real expert: an upper bound for it, since an assignment to a no-op expert does no work"
@@ -155,6 +156,36 @@ def render(results: dict, plots_dir: str = "study") -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def ablations(results: dict) -> list[str]:
+    """The ablation budget on the first data set: MoD by capacity, the hybrid staged and integrated."""
+    spec = results["spec"]
+    dataset, budget = spec["datasets"][0], spec["budgets"][spec["ablation_budget"]]
+    front = {p["variant"]: p for p in results["frontier"] if p["dataset"] == dataset and p["budget"] == budget}
+    verdict = {v["variant"]: _diff(v) for v in results["verdicts"] if v["dataset"] == dataset and v["budget"] == budget}
+    own = _own_capacity(results)
+    rows = []
+    for variant, setting in ([(f"mod@{c:g}" if f"{c:g}" != own else "mod", f"MoD, capacity {c:g}")
+                              for c in spec["mod_capacities"]]
+                             + [("hybrid", "staged MoDE (MoD around MoE blocks)"),
+                                ("hybrid-integrated", f"integrated MoDE ({spec['integrated_noop_experts']} no-op experts)")]):
+        p = front.get(variant)
+        if p is not None:
+            rows.append([variant, setting, p["size"], f"{p['flops'] / p['tokens']:.3g}",
+                         _loss(p["valid_loss_mean"], p["valid_loss_se"]), verdict.get(variant, "-")])
+    if not rows:
+        return []
+    return [f"## Ablations at {budget:.3g} FLOPs on {dataset}", "",
+            "Each at its best size; FLOPs per token from `lumina.accounting` at that size.", "",
+            *_table(["variant", "setting", "best size", "FLOPs/token", "held-out loss", "against dense"], rows), ""]
+
+
+def _smallest(results: dict) -> str:
+    smallest = results["sizes"][0]["name"]
+    n = sum(p["size"] == smallest for p in results["frontier"])
+    return (f"In {n} of the {len(results['frontier'])} frontier cells the best size is the smallest of the "
+            f"ladder ({smallest}), so the ladder does not bracket the optimum there.")
 
 
 def _own_capacity(results: dict) -> str:
