@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="training FLOPs per run, comma-separated (default: 6e10,1.2e11,2.4e11)")
     p.add_argument("--seeds", type=_list(int, "--seeds", 0), default=None, help="default: 1,2,3")
     p.add_argument("--width-factors", type=_list(float, "--width-factors", 0.0), default=None,
-                   help="model widths relative to the base preset's (default: 0.5,1,1.5)")
+                   help="model widths relative to the base preset's (default: 0.25,0.5,1,1.5)")
     p.add_argument("--base", default=None, help="the preset the size ladder scales (default: debug)")
     p.add_argument("--datasets", default=None, help="c4, embedded or both (default: c4,embedded)")
     p.add_argument("--out-dir", default=None, help="results.json and the PNGs (default: docs/study, or runs/study-smoke)")

@@ -139,7 +139,7 @@ def test_shipped_c4_sample_matches_its_provenance():
 
 @pytest.mark.parametrize("args, message", [
     (["--c4", "/nonexistent/c4.jsonl"], "--c4 '/nonexistent/c4.jsonl': no such file"),
-    (["--budgets", "1e3"], "--budgets 1000: dense at width 48 gets 1 step(s)"),
+    (["--budgets", "1e3"], "--budgets 1000: dense at width 24 gets 1 step(s)"),
     (["--budgets", "2e10,1e10"], "give distinct budgets in increasing order"),
     (["--budgets", "abc"], "--budgets 'abc'"),
     (["--datasets", "pile"], "choose from c4, embedded"),
