@@ -36,7 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     sub = parser.add_subparsers(dest="study", metavar="STUDY", parser_class=Parser, required=True)
     p = sub.add_parser("isoflop", help="every mode at equal training FLOPs: frontier, verdicts against dense",
-                       description=__doc__.splitlines()[0])
+                       description="dense, moe, mod and hybrid at equal training FLOPs, at several sizes and "
+                                   "seeds, on the C4 sample and the embedded corpus: held-out loss, the isoFLOP "
+                                   "frontier and a verdict per mode against dense; writes the results file, "
+                                   "docs/study.md and its plots")
     p.add_argument("--smoke", action="store_true", help="tiny budgets, one seed (default output: runs/study-smoke)")
     p.add_argument("--c4", default=None, metavar="FILE",
                    help="a C4 JSON-lines file (.jsonl, .jsonl.gz, ...) instead of the shipped 1,000-document sample")

@@ -140,6 +140,18 @@ def render(results: dict, plots_dir: str = "study") -> str:
                      "held-out loss"], rows)
     lines += [
         "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "lumina study isoflop                        # this page, docs/study/results.json and the plots",
+        "lumina study isoflop --c4 my_c4.jsonl.gz    # the same on your own C4 file",
+        "lumina study isoflop --base debug_200m --budgets 1e14,2e14,4e14   # the ladder at debug_200m's shape",
+        "lumina study isoflop --smoke                # seconds: every output, under runs/study-smoke",
+        "lumina study isoflop --report-only          # re-render from the results file",
+        "```",
+        "",
+        "An interrupted study resumes where it stopped (`progress.jsonl` beside the results).",
+        "",
         "## Limits",
         "",
         "- The budgets are what a 2-core CPU trains in the hour the study is allowed: tens to hundreds of steps "
