@@ -62,7 +62,7 @@ def render(results: dict, plots_dir: str = "study") -> str:
     lines += [
         f"Measured on {prov['date']} with `{prov['command']}` at commit {commit}: {m['cpu']}, {cores} cores "
         f"({prov['threads']} torch threads), {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; Python {m['python']}, "
-        f"torch {m['torch']}. The study took {prov['wall_seconds'] / 60:.1f} minutes of wall time, {load}"
+        f"torch {m['torch']}. {_time(prov)}, {load}"
         + (": other processes shared the machine, so an idle one takes less." if contended else "."),
         "",
         "## Findings",
@@ -198,6 +198,16 @@ def _smallest(results: dict) -> str:
     n = sum(p["size"] == smallest for p in results["frontier"])
     return (f"In {n} of the {len(results['frontier'])} frontier cells the best size is the smallest of the "
             f"ladder ({smallest}), so the ladder does not bracket the optimum there.")
+
+
+def _time(prov: dict) -> str:
+    """The wall time, and what of it an earlier, interrupted invocation did (resumed runs)."""
+    wall = f"{prov['wall_seconds'] / 60:.1f} minutes of wall time"
+    if not prov["resumed_runs"]:
+        return f"The study took {wall}"
+    return (f"{prov['resumed_runs']} runs came from the progress file of an earlier, interrupted invocation "
+            f"and were not trained again; this invocation took {wall}. The training steps of all runs took "
+            f"{prov['train_seconds'] / 60:.1f} minutes in all (evaluation and model set-up not counted)")
 
 
 def _own_capacity(results: dict) -> str:

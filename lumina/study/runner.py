@@ -102,6 +102,7 @@ def run(spec: StudySpec, command: str, out_dir: str, c4_file: str | None = None,
     os.makedirs(out_dir, exist_ok=True)
     progress_path = os.path.join(out_dir, "progress.jsonl")
     runs = _progress(progress_path, spec)
+    resumed = len(runs)
     done = {(r["dataset"], r["budget"], r["variant"], r["size"], r["seed"]) for r in runs}
     if not runs:
         with open(progress_path, "w") as f:
@@ -127,7 +128,8 @@ def run(spec: StudySpec, command: str, out_dir: str, c4_file: str | None = None,
                 f.write(json.dumps(record) + "\n")
             log(f"lumina study: [{len(runs)}/{total}, {time.time() - started:.0f} s] {dataset} {budget:.2g} "
                 f"{variant} {name} seed {seed}: {record['steps']} steps, held-out loss {record['valid_loss']:.4f}")
-    prov.update(wall_seconds=time.time() - started, load_average_start=list(load_start),
+    prov.update(wall_seconds=time.time() - started, resumed_runs=resumed,
+                train_seconds=sum(r["train_seconds"] for r in runs), load_average_start=list(load_start),
                 load_average_end=list(os.getloadavg()), threads=torch.get_num_threads())
     results = {
         "schema": SCHEMA_VERSION, "kind": spec_kind(spec), "provenance": prov, "spec": spec.to_dict(),

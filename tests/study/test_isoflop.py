@@ -184,6 +184,9 @@ def test_an_interrupted_study_resumes_without_retraining(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_run", no_training)
     again = runner.run(spec, "test", str(tmp_path), log=lambda *_: None)
     assert again["runs"] == first["runs"]
+    # the page must not pass off the resumed runs' time as this invocation's
+    assert (first["provenance"]["resumed_runs"], again["provenance"]["resumed_runs"]) == (0, 7)
+    assert "7 runs came from the progress file of an earlier, interrupted invocation" in report.render(again)
     # another spec does not take this one's runs
     with pytest.raises(AssertionError, match="trained again"):
         runner.run(dataclasses.replace(spec, seeds=(2,)), "test", str(tmp_path), log=lambda *_: None)
