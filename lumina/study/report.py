@@ -62,7 +62,7 @@ def render(results: dict, plots_dir: str = "study") -> str:
     lines += [
         f"Measured on {prov['date']} with `{prov['command']}` at commit {commit}: {m['cpu']}, {cores} cores "
         f"({prov['threads']} torch threads), {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; Python {m['python']}, "
-        f"torch {m['torch']}. {_time(prov)}, {load}"
+        f"torch {m['torch']}. {_time(prov)}, {'this invocation at a ' if prov['resumed_runs'] else ''}{load}"
         + (": other processes shared the machine, so an idle one takes less." if contended else "."),
         "",
         "## Findings",

@@ -136,6 +136,6 @@ def default_spec() -> StudySpec:
 
 
 def smoke_spec() -> StudySpec:
-    """Every output of the study in seconds: two budgets, two sizes, one seed, a few steps."""
-    return StudySpec(width_factors=(0.5, 0.75), budgets=(1e9, 2e9), seeds=(1,), micro_batch=2, seq=64,
-                     eval_batches=1, min_steps=2, smoke=True)
+    """Every output of the study in seconds: one budget, two sizes, one seed, a few steps."""
+    return StudySpec(width_factors=(0.5, 0.75), budgets=(1e9,), seeds=(1,), micro_batch=2, seq=64,
+                     eval_batches=1, ablation_budget=0, min_steps=2, smoke=True)
