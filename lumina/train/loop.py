@@ -107,7 +107,7 @@ class Trainer:
         self.resume = None
         if args.load is not None:  # refuse a wrong checkpoint before any process group exists
             tag, meta = checkpoint.latest(args.load)
-            checkpoint.check_compatible(meta, self.cfg, args.load)
+            checkpoint.check_compatible(meta, self.cfg, args.load, self.tokenizer.sha256)
             if meta["iteration"] >= args.train_iters:  # a resubmitted job that already finished
                 raise RunComplete(f"lumina: the run is complete: {args.load} holds iteration {meta['iteration']} "
                                   f"and --train-iters is {args.train_iters}; nothing to do")
