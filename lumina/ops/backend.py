@@ -87,6 +87,11 @@ def warn_once(key: str, message: str) -> None:
 
 def describe(op: str, device_type: str) -> str:
     """The backend that serves `op` for tensors on `device_type`, in words (for `lumina doctor`)."""
+    if op == "rms_norm" and device_type == "cuda" and not forced_reference():
+        from lumina.ops import nvidia_apex  # imports this module
+
+        if nvidia_apex.error() is None:
+            return "NVIDIA apex fused_rms_norm_affine (x and weight of one dtype; else PyTorch ops)"
     if op in FUSED_OPS and device_type != "cpu":
         return "PyTorch ops (the fused kernels are CPU-only)"
     if forced_reference():

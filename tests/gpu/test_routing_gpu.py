@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lumina.ops import backend, routing
+from lumina.ops import backend, fused, nvidia_apex, routing
 from lumina.ops import routing_reference as ref
 from tests.ops.test_routing_gradients import LOW_PRECISION_WEIGHTS, check_low_precision_weights
 
@@ -202,3 +202,19 @@ def _bad_values_raise(cuda):
     with pytest.raises(ValueError, match="is on cpu but x is on cuda"):
         routing.gather_tokens(x, torch.tensor([[0, 1], [1, 2]]))
     torch.cuda.synchronize()  # nothing above left the device in an error state
+
+
+def test_rms_norm_on_cuda_runs_apex_when_present(cuda, monkeypatch):
+    # lumina.ops.nvidia_apex: apex's fused RMSNorm where NVIDIA apex imports, torch's ops otherwise.
+    kernel = nvidia_apex.rms_norm_kernel("cuda")
+    calls = []
+    if kernel is not None:
+        monkeypatch.setitem(nvidia_apex._state, "rms_norm", lambda *args: calls.append(1) or kernel(*args))
+    x = torch.randn(64, 512, device=cuda, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.rand(512, device=cuda) + 0.5).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(64, 512, device=cuda, dtype=torch.bfloat16)
+    got = torch.autograd.grad((fused.rms_norm(x, w, 1e-5) * g).sum(), (x, w))
+    want = torch.autograd.grad((fused.rms_norm_reference(x, w, 1e-5) * g).sum(), (x, w))
+    assert len(calls) == (kernel is not None)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2 * float(b.float().abs().max()))
