@@ -78,6 +78,11 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("OPENMP") = false;
 #endif
+  // The pybind11 this module was compiled with: tests/gpu/crash_probe.py compares it with torch's own
+  // headers (a different pybind11 on the include path is one of the crash's candidate causes).
+  m.attr("PYBIND11_VERSION") = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) +
+                               "." + std::to_string(PYBIND11_VERSION_MICRO);
+  m.attr("PYBIND11_INTERNALS_ID") = PYBIND11_INTERNALS_ID;
   m.def("kernel_calls", &kernel_calls,
         "calls per entry point of this module since it was loaded, e.g. {'unpermute_backward_cuda': 3, ...}");
 
