@@ -170,7 +170,13 @@ def main() -> None:
 
     ds = deepspeed_top2(logits, args.capacity_factor) if k == 2 else None
     if ds is not None:
-        t_ds = measure(ds)
+        try:
+            t_ds = measure(ds)
+        except torch.OutOfMemoryError as exc:
+            # Its dense [S, E, C] masks need 10 GiB each at S=65536 on CUDA; the figures above still count.
+            print(f"deepspeed top2gating ran out of memory at this size ({str(exc).splitlines()[0]})")
+            ds = None
+    if ds is not None:
         t_gate = results[0]["kernel_us"] / 1e6
         print(f"{'deepspeed top2gating':<36}{t_ds * 1e6:>11.1f}   gating kernel is {t_ds / t_gate:.2f}x faster, "
               f"reference is {t_ds / (results[0]['reference_us'] / 1e6):.2f}x faster")

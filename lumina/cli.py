@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("lumina.commands.import_hf", "a Hugging Face Llama or Mixtral model as a checkpoint to continue pre-training"),
     "upcycle": ("lumina.commands.upcycle", "a dense model as moe, mod or hybrid: experts copied from the FFN, routers fresh"),
     "bench": ("lumina.commands.bench", "the benchmark table: every mode beside HF Llama/Mixtral and a plain loop, measured"),
-    "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
+    "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA), the backend of each routing op, active apex kernels"),
 }
 
 
