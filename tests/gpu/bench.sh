@@ -4,9 +4,9 @@
 # H200 (each mode is cut off at 120 s): tokens/s, MFU (against the datasheet BF16 peak) and peak memory (CUDA max
 # allocated) per mode, from Lumina's own trainer in BF16 on the embedded corpus (its tokenizer
 # has a 2,048-token vocabulary, not b1's 32,000: the LM head is smaller than b1's).
-# Writes $OUT_DIR/gpu_bench.json and gpu_bench.md; `lumina bench --add-gpu $OUT_DIR/gpu_bench.json
-# --gpu-commit <the commit it printed>` puts them in docs/benchmarks/results.json and re-renders
-# docs/benchmarks.md.
+# Writes $OUT_DIR/gpu_bench.json (rows plus provenance: the commit checked out here, whether the tree
+# had uncommitted changes, machine, versions, this command) and gpu_bench.md; `lumina bench --add-gpu
+# $OUT_DIR/gpu_bench.json` puts them in docs/benchmarks/results.json and re-renders docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -25,25 +25,30 @@ for mode in dense moe mod hybrid; do
         --no-progress --run-dir "$OUT_DIR/b1_$mode" 2>&1 | grep -v WARNING | tail -4
 done
 
-"$PY" - "$OUT_DIR" "$LAYERS" <<'PYEOF'
+"$PY" - "$OUT_DIR" "$LAYERS" "$ITERS" <<'PYEOF'
 import json, os, sys
-out, layers = sys.argv[1], int(sys.argv[2])
+out, layers, iters = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 import torch
+from lumina.util.provenance import provenance, write_json
+command = f"LUMINA_GPU_BENCH_LAYERS={layers} LUMINA_GPU_BENCH_ITERS={iters} bash tests/gpu/bench.sh"
 rows = []
 for mode in ("dense", "moe", "mod", "hybrid"):
     with open(os.path.join(out, f"b1_{mode}", "metrics.jsonl")) as f:
         train = [json.loads(l) for l in f if '"split": "train"' in l]
     steady = train[1:] or train  # the first logged window includes warm-up
-    rows.append({"mode": mode, "layers": layers, "gpu": torch.cuda.get_device_name(0),
+    # iters: the last logged iteration (the 120 s cut-off may stop a mode before $ITERS)
+    rows.append({"mode": mode, "layers": layers, "iters": train[-1]["iteration"], "gpu": torch.cuda.get_device_name(0),
                  "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
                  "mfu": sum(r["mfu"] for r in steady) / len(steady),
                  "peak_mem_gb": max(r["peak_mem_gb"] for r in train), "final_loss": train[-1]["loss"]})
-with open(os.path.join(out, "gpu_bench.json"), "w") as f:
-    json.dump(rows, f, indent=1)
+write_json(os.path.join(out, "gpu_bench.json"), {"rows": rows}, provenance(command))
 lines = ["| mode | GPU | layers | tokens/s | MFU | peak memory | final loss |", "| --- | --- | --- | --- | --- | --- | --- |"]
 lines += [f"| {r['mode']} | {r['gpu']} | {r['layers']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1%} | "
           f"{r['peak_mem_gb']:.1f} GiB | {r['final_loss']:.3f} |" for r in rows]
 open(os.path.join(out, "gpu_bench.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
+with open(os.path.join(out, "gpu_bench.json")) as f:
+    commit = json.load(f)["provenance"]
+print(f"commit {commit['commit']}" + (" with uncommitted changes" if commit["dirty"] else "")
+      if commit["commit"] else "no git checkout here: the commit is unknown, and `lumina bench --add-gpu` will refuse these rows")
 PYEOF
-echo "measured the code of commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' plus uncommitted changes')"
