@@ -9,6 +9,9 @@ process, interleaved, for the speed ratios the goals are judged on (that module 
 tokens/s leaves out the first iteration (allocator and kernel warm-up) and the evaluation and
 checkpoint at the end: it is train tokens over the summed time of iterations 2..N, for every
 system alike. Peak memory is each process's peak resident set (CPU) or CUDA max allocated (GPU).
+MFU is against one peak per run: measured PEAK_REPEATS times here before anything trains, its
+median given to every trainer process (--peak-tflops) and used for every row, its range recorded;
+a single short matmul loop per process scattered by 2x between the processes of one run.
 """
 
 from __future__ import annotations
