@@ -37,6 +37,15 @@ def test_smoke_writes_every_output(smoke):
     assert {("dense", "lumina"), ("dense", "hf-llama"), ("moe", "hf-mixtral"), ("mod", "lumina"),
             ("hybrid", "plain")} <= systems
     assert len(data["projected"]) == 6 * 4 and data["claims"]
+    # provenance: the code this checkout holds; one peak, measured 5 times, behind every row's MFU
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if git.returncode == 0:
+        assert data["provenance"]["commit"] == git.stdout.strip()
+    assert data["provenance"]["command"].startswith("lumina bench --smoke")
+    peak = data["peak"]
+    assert peak["repeats"] == 5 and peak["min"] <= peak["tflops"] <= peak["max"]
+    for r in data["runs"]:
+        assert r["mfu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / (peak["tflops"] * 1e12))
     # the page is the results rendered, and names the plots beside it
     page = (smoke / "benchmarks.md").read_text()
     assert page == report.render(data, plots_dir=".")
