@@ -15,7 +15,6 @@ Times are the best of --repeats runs after warm-up (the least disturbed by other
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -25,6 +24,7 @@ import torch
 
 from lumina.ops import backend, routing
 from lumina.ops import routing_reference as ref
+from lumina.util.provenance import write_json
 
 # HBM bandwidth in GB/s by device name; --peak-gbps overrides.
 PEAK_GBPS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0,
@@ -185,8 +185,7 @@ def main() -> None:
     if args.json:
         meta = {"device": str(device), "device_name": where, "threads": threads, "torch": torch.__version__,
                 "S": S, "E": E, "k": k, "D": D, "capacity": capacity, "dtype": args.dtype, "peak_gbps": peak}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+        write_json(args.json, {"meta": meta, "results": results})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
 # - 32000, b1's: a sentencepiece BPE of that size trained on the embedded corpus's training split
 #   (a few seconds), the corpus tokenized with it (lumina prepare-data), then the same runs.
 # Each run is cut off at LUMINA_GPU_BENCH_TIMEOUT seconds (default 75; start-up is most of it).
-# Writes $OUT_DIR/gpu_bench.json (2k vocabulary: `lumina bench --add-gpu $OUT_DIR/gpu_bench.json
-# --gpu-commit <the commit it printed>` puts it in docs/benchmarks/results.json and re-renders
-# docs/benchmarks.md), gpu_bench_32000.json (same rows at 32k) and gpu_bench.md (both).
+# Writes $OUT_DIR/gpu_bench.json (2k vocabulary; rows plus provenance: the commit checked out here,
+# whether the tree had uncommitted changes, machine, versions, this command; `lumina bench --add-gpu
+# $OUT_DIR/gpu_bench.json` puts it in docs/benchmarks/results.json and re-renders docs/benchmarks.md),
+# gpu_bench_32000.json (same rows at 32k, same provenance) and gpu_bench.md (both).
 # LUMINA_GPU_BENCH_VOCABS="2048" runs the first set only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,10 +44,13 @@ for vocab in $VOCABS; do
     done
 done
 
-"$PY" - "$OUT_DIR" "$LAYERS" $VOCABS <<'PYEOF'
+"$PY" - "$OUT_DIR" "$LAYERS" "$ITERS" $VOCABS <<'PYEOF'
 import json, os, sys
-out, layers, vocabs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, layers, iters, vocabs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 import torch
+from lumina.util.provenance import provenance, write_json
+command = (f"LUMINA_GPU_BENCH_LAYERS={layers} LUMINA_GPU_BENCH_ITERS={iters} "
+           f"LUMINA_GPU_BENCH_VOCABS='{' '.join(vocabs)}' bash tests/gpu/bench.sh")
 lines = ["| vocabulary | mode | GPU | layers | tokens/s | MFU | peak memory | final loss |",
          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 for vocab in vocabs:
@@ -58,7 +62,8 @@ for vocab in vocabs:
             lines.append(f"| {vocab} | {mode} | | {layers} | no steady-state figures (timed out or failed) | | | |")
             continue
         steady = train[1:] or train  # the first logged window includes warm-up
-        row = {"mode": mode, "layers": layers, "gpu": torch.cuda.get_device_name(0),
+        # iters: the last logged iteration (the time limit may stop a mode before $ITERS)
+        row = {"mode": mode, "layers": layers, "iters": train[-1]["iteration"], "gpu": torch.cuda.get_device_name(0),
                "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
                "mfu": sum(r["mfu"] for r in steady) / len(steady),
                "peak_mem_gb": max(r["peak_mem_gb"] for r in train), "final_loss": train[-1]["loss"]}
@@ -66,9 +71,10 @@ for vocab in vocabs:
         lines.append(f"| {vocab} | {mode} | {row['gpu']} | {layers} | {row['tokens_per_s']:,.0f} | {row['mfu']:.1%} | "
                      f"{row['peak_mem_gb']:.1f} GiB | {row['final_loss']:.3f} |")
     name = "gpu_bench.json" if vocab == "2048" else f"gpu_bench_{vocab}.json"
-    with open(os.path.join(out, name), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(os.path.join(out, name), {"rows": rows}, provenance(command))
 open(os.path.join(out, "gpu_bench.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
+commit = provenance(command)
+print(f"commit {commit['commit']}" + (" with uncommitted changes" if commit["dirty"] else "")
+      if commit["commit"] else "no git checkout here: the commit is unknown, and `lumina bench --add-gpu` will refuse these rows")
 PYEOF
-echo "measured the code of commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' plus uncommitted changes')"
