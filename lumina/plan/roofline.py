@@ -122,7 +122,6 @@ def bound(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, peak_tflops: fl
     return Bound(model_flops, seconds, kernels, peak_tflops)
 
 
-
 def capped(assumed: MFUAssumption, cfg: ModelConfig, gpu: GPU, seq: int, micro_batch: int, tp: int) -> MFUAssumption:
     """The assumed (published) MFU, or the roofline bound where that is lower (a small model)."""
     b = bound(cfg, seq, micro_batch, tp, gpu.peak_tflops, gpu.hbm_gbs)

@@ -192,4 +192,5 @@ def test_the_trainer_reads_its_mfu_peaks_from_the_planners_table():
     assert train_hardware.gpu_peak_tflops("NVIDIA H200") == 989.0
     assert train_hardware.gpu_peak_tflops("Tesla T4") is None
     # one table: the datasheet figures are not typed in a second time
-    assert not any(str(g.peak_tflops).rstrip("0").rstrip(".") in inspect.getsource(train_hardware) for g in GPUS.values())
+    source = inspect.getsource(train_hardware)
+    assert not any(f"{g.peak_tflops:g}" in source for g in GPUS.values())
