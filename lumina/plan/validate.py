@@ -215,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                          Case(parts[0], parts[1], base.micro_batch, base.seq))
     rows = add_speed_estimates([run_case(c) for c in cases])
     print(markdown(rows))
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.out)
+    if args.out:  # under its provenance (commit, machine, versions, command), written atomically
+        from lumina.util.provenance import write_json
+
+        write_json(args.out, {"rows": rows})
     return 0
 
 
