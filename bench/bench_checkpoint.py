@@ -23,9 +23,9 @@ Adam's step count must be restored), so each timed load is a working load. Timin
 never asserted.
 
 What the sides do differently (lumina/train/checkpoint.py): Lumina gathers each parameter's fp32
-master weight and both moments whole (three tensors per parameter), serialises them with
-safetensors in memory, takes the SHA-256 of each file, writes it to a temporary name, fsyncs and
-renames; its load reads each file whole and checks its size and SHA-256 before using a byte.
+master weight and both moments whole (three tensors per parameter), streams them to a temporary
+name with safetensors' save_file, fsyncs, takes the file's SHA-256 in chunks and renames; its load
+checks each file's size and SHA-256 (in chunks) before reading it with safe_open.
 DeepSpeed at ZeRO-0 torch.save's (pickle) the module state dict and the optimizer state dict into
 one file, without fsync or checksum, and torch.load's it back. The column "DS fsync" is the time an
 fsync of DeepSpeed's just-written files takes afterwards (not in DeepSpeed's time): the part of
