@@ -26,8 +26,13 @@ CPU_SOURCES = ["csrc/routing_cpu.cpp", "csrc/routing_autograd.cpp", "csrc/fused_
 CUDA_SOURCES = ["csrc/routing_cuda.cpp", "csrc/routing_cuda_kernels.cu"]
 # -g0 drops the debug info that Python's own CFLAGS ask for (slow to compile, unused); -ffp-contract=off:
 # no fused multiply-add, so sums round like the reference's separate multiply and add.
-CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-math-errno"]
-NVCC_FLAGS = ["-O3", "-DLUMINA_WITH_CUDA"]
+# -fvisibility=hidden: the module exports PyInit__C only, so none of its inline and template
+# instantiations (libstdc++, c10, pybind11) can be bound to, or bind to, another library's copy
+# built with another compiler or pybind11 version; pybind11's documentation asks for it ("Frequently
+# asked questions"); torch's cpp_extension does not add it. One of the candidates for the crash on the
+# GPU machine (docs/kernels.md).
+CXX_FLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fvisibility=hidden"]
+NVCC_FLAGS = ["-O3", "-DLUMINA_WITH_CUDA", "-Xcompiler=-fvisibility=hidden"]
 
 
 def _flag(name: str) -> str | None:

@@ -23,9 +23,9 @@ Adam's step count must be restored), so each timed load is a working load. Timin
 never asserted.
 
 What the sides do differently (lumina/train/checkpoint.py): Lumina gathers each parameter's fp32
-master weight and both moments whole (three tensors per parameter), serialises them with
-safetensors in memory, takes the SHA-256 of each file, writes it to a temporary name, fsyncs and
-renames; its load reads each file whole and checks its size and SHA-256 before using a byte.
+master weight and both moments whole (three tensors per parameter), streams them to a temporary
+name with safetensors' save_file, fsyncs, takes the file's SHA-256 in chunks and renames; its load
+checks each file's size and SHA-256 (in chunks) before reading it with safe_open.
 DeepSpeed at ZeRO-0 torch.save's (pickle) the module state dict and the optimizer state dict into
 one file, without fsync or checksum, and torch.load's it back. The column "DS fsync" is the time an
 fsync of DeepSpeed's just-written files takes afterwards (not in DeepSpeed's time): the part of
@@ -36,43 +36,22 @@ both come from the page cache when the machine has the memory.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import hashlib
-import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # -- the run's provenance ------------------------------------------------------------------------
 
-def git_commit() -> str:
-    """`git rev-parse HEAD`, plus " dirty" when the working tree has changes."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        head = git("rev-parse", "HEAD")
-        return head + (" dirty" if git("status", "--porcelain") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-
-
-def machine() -> dict:
-    """The benchmark table's machine record, plus what matters for files: memory and safetensors."""
+def machine_extra() -> dict:
+    """Beyond the provenance block's machine: what matters for files (memory, safetensors)."""
     import safetensors
-
-    from lumina.bench.runner import machine as bench_machine
 
     memory = None
     try:
@@ -80,8 +59,7 @@ def machine() -> dict:
             memory = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal"))
     except (OSError, StopIteration):
         pass
-    return {**bench_machine(), "platform": platform.platform(), "memory_bytes": memory,
-            "safetensors": safetensors.__version__}
+    return {"platform": platform.platform(), "memory_bytes": memory, "safetensors": safetensors.__version__}
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -177,15 +155,17 @@ def main() -> None:
     os.environ.setdefault("LUMINA_CACHE", os.path.join(tempfile.gettempdir(), "lumina-bench-cache"))
     from lumina.train import checkpoint, paramstate
 
-    report: dict[str, Any] = {
-        "command": shlex.join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]]),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
-        "machine": machine(), "load_before": list(os.getloadavg()), "args": vars(args)}
-    print(f"command: {report['command']}")
-    print(f"commit:  {report['commit']}")
-    m = report["machine"]
-    print(f"machine: {m['platform']}, {m['cpu']}, {m['cores']} CPUs, {(m['memory_bytes'] or 0) / 2**30:.0f} GiB, "
-          f"torch {m['torch']} ({m['threads']} threads), deepspeed {m['deepspeed']}; "
+    from lumina.util.provenance import command_line, describe, provenance, write_json
+
+    command = command_line()
+    record = provenance(command)
+    report: dict[str, Any] = {"machine_extra": machine_extra(), "load_before": list(os.getloadavg()),
+                              "args": vars(args)}
+    m, v, extra = record["machine"], record["versions"], report["machine_extra"]
+    print(f"command: {command}")
+    print(f"code:    {describe(record)}")
+    print(f"machine: {extra['platform']}, {m['cpu']}, {m['cores']} CPUs, {(extra['memory_bytes'] or 0) / 2**30:.0f} GiB, "
+          f"torch {v['torch']} ({m['threads']} threads), deepspeed {v['deepspeed']}; "
           f"load average before {' '.join(f'{x:.2f}' for x in report['load_before'])}")
     start = time.perf_counter()
     work = tempfile.mkdtemp(prefix="bench_checkpoint_", dir=args.dir)
@@ -286,8 +266,7 @@ def main() -> None:
     report["elapsed_s"] = time.perf_counter() - start
     print(f"\n{report['elapsed_s']:.0f} s; load average after: {' '.join(f'{x:.2f}' for x in report['load_after'])}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report, record)
         print(f"wrote {args.json}")
 
 

@@ -23,7 +23,6 @@ rank with 2+ threads can stall on its OpenMP barriers (steps 10-50x slower); --t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -31,6 +30,7 @@ import time
 from typing import Any
 
 from lumina.bench.collectives import CommCounter, spawn_ranks, wire_bytes
+from lumina.util.provenance import write_json
 
 def _rank(argv: list[str], warmup: int, iters: int) -> dict:
     """One rank: build the Trainer, run warm-up then timed iterations; what the parent reports."""
@@ -169,8 +169,7 @@ def main() -> None:
     print("computed: ZeRO-0 all_reduce(4P); ZeRO-1/2 all_reduce(4P) + all_gather(4P) (DeepSpeed 0.19 "
           "all-reduces the gradient buckets, see computed_step_comm); P = trainable parameters.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(args.json, report)
         print(f"wrote {args.json}")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import tempfile
@@ -48,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lumina.bench.collectives import CommCounter, spawn_ranks
+from lumina.util.provenance import write_json
 
 FP32 = 4
 KINDS = ("TP", "PP", "EP", "DP", "EDP")
@@ -569,8 +569,7 @@ def main() -> None:
     report["load_after"] = os.getloadavg()[0]
     print(f"\n{time.perf_counter() - start:.0f} s; load average after: {report['load_after']:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2, default=sorted)
+        write_json(args.json, report)
         print(f"wrote {args.json}")
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from lumina.data import load_tokenizer, prepare_dataset
+from lumina.util.provenance import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +154,7 @@ def main() -> None:
     for key, value in figures.items():
         print(f"{key:45s} {value:,.3f}" if isinstance(value, float) else f"{key:45s} {value}")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

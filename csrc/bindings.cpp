@@ -1,8 +1,16 @@
 // lumina._C: the routing kernels as plain functions. lumina/ops/routing.py registers the
 // torch.library custom ops (schemas, fake implementations, autograd) and calls these from them, or,
 // for eager CPU tensors, the *_autograd_cpu functions with their autograd in C++;
-// lumina/ops/backend.py decides which of them serve a tensor. The GIL is released while a kernel
-// runs.
+// lumina/ops/backend.py decides which of them serve a tensor.
+//
+// Every binding goes through def() below, which
+// - counts the calls of each entry point (kernel_calls()), so a test can assert which kernel served
+//   a call instead of trusting that no fallback happened;
+// - releases the GIL while the kernel runs, and catches whatever the kernel throws before taking the
+//   GIL back: pybind11 then sees the exception raised with the GIL held and no guard left to unwind.
+//   std::invalid_argument (a bad value, check.h) becomes pybind11's own value_error, so it reaches
+//   Python as ValueError without pybind11 having to match std::invalid_argument's type_info;
+//   anything else is rethrown unchanged (torch's translators still see c10 errors).
 #include "fused.h"
 #include "routing.h"
 
@@ -10,13 +18,54 @@
 #include <pybind11/pybind11.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <atomic>
+#include <exception>
+#include <map>
+#include <stdexcept>
+#include <string>
+
 namespace py = pybind11;
 
 namespace {
 
-template <typename F>
-void def(py::module_& m, const char* name, F f, const char* doc) {
-  m.def(name, f, doc, py::call_guard<py::gil_scoped_release>());
+// Filled while the module initialises (under the GIL), read and incremented afterwards; map nodes
+// never move, so each binding keeps a pointer to its counter.
+std::map<std::string, std::atomic<int64_t>>& call_counters() {
+  static std::map<std::string, std::atomic<int64_t>> counters;
+  return counters;
+}
+
+py::dict kernel_calls() {
+  py::dict out;
+  for (const auto& [name, calls] : call_counters()) out[py::str(name)] = calls.load(std::memory_order_relaxed);
+  return out;
+}
+
+template <typename R, typename... Args>
+void def(py::module_& m, const char* name, R (*f)(Args...), const char* doc) {
+  std::atomic<int64_t>* calls = &call_counters().try_emplace(name, 0).first->second;
+  m.def(
+      name,
+      [f, calls](Args... args) -> R {
+        calls->fetch_add(1, std::memory_order_relaxed);
+        std::exception_ptr error;
+        std::string invalid;
+        bool is_invalid = false;
+        {
+          py::gil_scoped_release no_gil;
+          try {
+            return f(args...);
+          } catch (const std::invalid_argument& e) {
+            is_invalid = true;
+            invalid = e.what();
+          } catch (...) {
+            error = std::current_exception();
+          }
+        }
+        if (is_invalid) throw py::value_error(invalid);
+        std::rethrow_exception(error);
+      },
+      doc);
 }
 
 }  // namespace
@@ -29,6 +78,13 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("OPENMP") = false;
 #endif
+  // The pybind11 this module was compiled with: tests/gpu/crash_probe.py compares it with torch's own
+  // headers (a different pybind11 on the include path is one of the crash's candidate causes).
+  m.attr("PYBIND11_VERSION") = std::to_string(PYBIND11_VERSION_MAJOR) + "." + std::to_string(PYBIND11_VERSION_MINOR) +
+                               "." + std::to_string(PYBIND11_VERSION_MICRO);
+  m.attr("PYBIND11_INTERNALS_ID") = PYBIND11_INTERNALS_ID;
+  m.def("kernel_calls", &kernel_calls,
+        "calls per entry point of this module since it was loaded, e.g. {'unpermute_backward_cuda': 3, ...}");
 
   def(m, "topk_route_cpu", &lumina::topk_route_cpu, "top-k routing with capacity slots");
   def(m, "topk_route_backward_cpu", &lumina::topk_route_backward_cpu, "gradient of topk_route w.r.t. logits");

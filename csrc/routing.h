@@ -13,11 +13,11 @@ namespace lumina {
 
 // Bumped when a signature here or in fused.h changes or a kernel is added, so a stale build is
 // refused instead of misused (2: the fused CPU kernels; 3: the experts' MLP and the routing ops'
-// C++ autograd).
-constexpr int64_t kApiVersion = 4;
+// C++ autograd; 5: kernel_calls(), bf16/fp16 weights in unpermute's backward, fp64 topk_route on CUDA).
+constexpr int64_t kApiVersion = 5;
 
 // (expert_index (S, k) int64, weights (S, k), slot (S, k) int64, probs (S, E)); capacity < 0 is
-// unlimited. weights and probs are fp32, or fp64 for fp64 logits.
+// unlimited. weights and probs are fp32, or fp64 for fp64 logits (on CPU and CUDA alike).
 std::vector<at::Tensor> topk_route_cpu(const at::Tensor& logits, int64_t top_k, int64_t capacity);
 at::Tensor topk_route_backward_cpu(const at::Tensor& grad_weights, const at::Tensor& grad_probs,
                                    const at::Tensor& probs, const at::Tensor& expert_index,
@@ -29,6 +29,9 @@ at::Tensor permute_cpu(const at::Tensor& x, const at::Tensor& token_index);
 at::Tensor permute_backward_cpu(const at::Tensor& grad, const at::Tensor& token_index, int64_t num_tokens);
 at::Tensor unpermute_cpu(const at::Tensor& y, const at::Tensor& token_index, const at::Tensor& assign_index,
                          const at::Tensor& weights, int64_t num_tokens);
+// (grad_y like y, grad_weights like weights): weights may be fp32, fp64, bf16 or fp16 on CPU and
+// CUDA alike; each weight's gradient is a dot product accumulated in fp32 (fp64 for fp64 y) and
+// rounded once to the weights' dtype.
 std::vector<at::Tensor> unpermute_backward_cpu(const at::Tensor& grad_out, const at::Tensor& y,
                                                const at::Tensor& token_index, const at::Tensor& assign_index,
                                                const at::Tensor& weights);

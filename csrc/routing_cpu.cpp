@@ -424,7 +424,8 @@ std::vector<at::Tensor> unpermute_backward_cpu(const at::Tensor& grad_out_in, co
   auto w_y = w.to(y.scalar_type()).contiguous();  // as in the reference, weights in y's dtype
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "unpermute_backward_cpu", [&] {
     using T = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "unpermute_backward_cpu_w", [&] {
+    // grad_w in the weights' dtype, each entry rounded once from the acc_t dot product.
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "unpermute_backward_cpu_w", [&] {
       unpermute_backward_rows(g.const_data_ptr<T>(), y.const_data_ptr<T>(), w_y.const_data_ptr<T>(), tok, asg, N, D,
                               grad_y.data_ptr<T>(), grad_w.data_ptr<scalar_t>());
     });

@@ -3,8 +3,8 @@
 // are read back once per op (one synchronisation) and raised as std::invalid_argument.
 //
 // The softmax is ATen's, as in the reference, so probabilities and every decision taken on them
-// match the reference on the same device bit for bit. fp64 router logits are not handled here;
-// lumina/ops/backend.py sends them to the reference.
+// match the reference on the same device bit for bit. fp64 router logits route in fp64, as in the
+// reference, so gradcheck runs the CUDA top-k backward itself.
 #include "check.h"
 #include "routing.h"
 #include "routing_cuda_kernels.h"
@@ -86,24 +86,37 @@ std::vector<at::Tensor> topk_route_cuda(const at::Tensor& logits, int64_t top_k,
   require_cuda(logits, "router logits");
   require_dim(logits, 2, "router logits", "(tokens, experts)");
   require_float(logits, "router logits");
-  if (logits.scalar_type() == at::kDouble) fail("fp64 router logits are routed by the reference on CUDA");
   const int64_t S = logits.size(0), E = logits.size(1), A = S * top_k;
   if (top_k < 1 || top_k > E) fail("top_k=", top_k, " is invalid: must be in [1, num_experts=", E, "]");
   if (capacity == 0 || capacity < -1) fail("capacity=", capacity, " is invalid: must be >= 1, or -1 for dropless");
   c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor probs = at::softmax(logits.to(at::kFloat), -1).contiguous();
+  const bool fp64 = logits.scalar_type() == at::kDouble;
+  const auto cdtype = fp64 ? at::kDouble : at::kFloat;
+  at::Tensor probs = at::softmax(logits.to(cdtype), -1).contiguous();
   auto opts = logits.options();
   at::Tensor expert = at::empty({S, top_k}, opts.dtype(at::kLong));
-  at::Tensor weights = at::empty({S, top_k}, opts.dtype(at::kFloat));
+  at::Tensor weights = at::empty({S, top_k}, opts.dtype(cdtype));
   at::Tensor slot = at::empty({S, top_k}, opts.dtype(at::kLong));
-  at::Tensor keys = at::empty({A}, opts.dtype(at::kLong));
   at::Tensor flags = new_flags(logits);
   cudaStream_t stream = current_stream();
-  kc::launch_topk_select(probs.const_data_ptr<float>(), S, E, top_k, expert.data_ptr<int64_t>(),
-                         weights.data_ptr<float>(), keys.data_ptr<int64_t>(), flag_ptr(flags), stream);
-  // Stable sort of (expert, -prob) keys from flat (token, choice) order: the rank inside an
-  // expert's run is the batch-prioritised slot, ties by token then choice.
-  at::Tensor order = std::get<1>(at::sort(keys, /*stable=*/true, 0, false)).contiguous();
+  // The assignments in expert-major order, by probability (descending), then token, then choice.
+  at::Tensor order;
+  if (fp64) {
+    kc::launch_topk_select(probs.const_data_ptr<double>(), S, E, top_k, expert.data_ptr<int64_t>(),
+                           weights.data_ptr<double>(), flag_ptr(flags), stream);
+    // Two stable sorts, as in the reference's assign_slots: by probability, then by expert.
+    at::Tensor by_priority = std::get<1>(at::sort(probs.gather(1, expert).neg().reshape({-1}), true, 0, false));
+    at::Tensor flat_expert = expert.reshape({-1});
+    at::Tensor by_expert = std::get<1>(at::sort(flat_expert.index_select(0, by_priority), true, 0, false));
+    order = by_priority.index_select(0, by_expert).contiguous();
+  } else {
+    at::Tensor keys = at::empty({A}, opts.dtype(at::kLong));
+    kc::launch_topk_select(probs.const_data_ptr<float>(), S, E, top_k, expert.data_ptr<int64_t>(),
+                           weights.data_ptr<float>(), keys.data_ptr<int64_t>(), flag_ptr(flags), stream);
+    // Stable sort of (expert, -prob) keys from flat (token, choice) order: the rank inside an
+    // expert's run is the batch-prioritised slot, ties by token then choice.
+    order = std::get<1>(at::sort(keys, /*stable=*/true, 0, false)).contiguous();
+  }
   at::Tensor counts = at::zeros({E}, opts.dtype(at::kLong));
   kc::launch_histogram(expert.const_data_ptr<int64_t>(), nullptr, A, E, counts.data_ptr<int64_t>(),
                        flag_ptr(flags), stream);
@@ -118,18 +131,30 @@ at::Tensor topk_route_backward_cuda(const at::Tensor& grad_weights, const at::Te
                                     const at::Tensor& probs, const at::Tensor& expert_index,
                                     const at::Tensor& weights, at::ScalarType logits_dtype) {
   require_cuda(probs, "probs");
-  if (probs.scalar_type() != at::kFloat || logits_dtype == at::kDouble) fail("fp64 routing gradients run the reference on CUDA");
+  const bool fp64 = probs.scalar_type() == at::kDouble;
+  if (!fp64 && probs.scalar_type() != at::kFloat) fail("probs must be float32 or float64, got ", probs.scalar_type());
+  if (fp64 != (logits_dtype == at::kDouble)) {
+    fail("probs are ", probs.scalar_type(), " but the logits were ", logits_dtype,
+         ": fp64 logits route in fp64, all others in fp32");
+  }
   c10::cuda::CUDAGuard guard(probs.device());
   const int64_t S = probs.size(0), E = probs.size(1), k = expert_index.size(1);
-  auto gw = grad_weights.to(at::kFloat).contiguous();
-  auto gp = grad_probs.to(at::kFloat).contiguous();
+  const auto cdtype = probs.scalar_type();
+  auto gw = grad_weights.to(cdtype).contiguous();
+  auto gp = grad_probs.to(cdtype).contiguous();
   auto p = probs.contiguous();
   auto ex = expert_index.contiguous();
-  auto w = weights.contiguous();
+  auto w = weights.to(cdtype).contiguous();
   at::Tensor out = at::empty({S, E}, probs.options().dtype(logits_dtype));
-  kc::launch_topk_backward(gw.const_data_ptr<float>(), gp.const_data_ptr<float>(), p.const_data_ptr<float>(),
-                           ex.const_data_ptr<int64_t>(), w.const_data_ptr<float>(), S, E, k, out.data_ptr(),
-                           dtype_of(logits_dtype), current_stream());
+  if (fp64) {
+    kc::launch_topk_backward(gw.const_data_ptr<double>(), gp.const_data_ptr<double>(), p.const_data_ptr<double>(),
+                             ex.const_data_ptr<int64_t>(), w.const_data_ptr<double>(), S, E, k,
+                             out.data_ptr<double>(), current_stream());
+  } else {
+    kc::launch_topk_backward(gw.const_data_ptr<float>(), gp.const_data_ptr<float>(), p.const_data_ptr<float>(),
+                             ex.const_data_ptr<int64_t>(), w.const_data_ptr<float>(), S, E, k, out.data_ptr(),
+                             dtype_of(logits_dtype), current_stream());
+  }
   return out;
 }
 

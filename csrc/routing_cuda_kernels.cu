@@ -11,6 +11,7 @@
 #include <climits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace lumina {
 namespace cuda {
@@ -95,10 +96,12 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
-__global__ void topk_select_kernel(const float* probs, int64_t S, int64_t E, int64_t k, int64_t* expert,
-                                   float* weights, int64_t* keys, int64_t* flags) {
+// T is float, or double for fp64 logits; keys (fp32 only) may be null.
+template <typename T>
+__global__ void topk_select_kernel(const T* probs, int64_t S, int64_t E, int64_t k, int64_t* expert, T* weights,
+                                   int64_t* keys, int64_t* flags) {
   for (int64_t s = global_thread(); s < S; s += grid_threads()) {
-    const float* row = probs + s * E;
+    const T* row = probs + s * E;
     int64_t* ex = expert + s * k;
     bool nan = false;
     for (int64_t e = 0; e < E; ++e) nan |= isnan(row[e]);
@@ -106,12 +109,12 @@ __global__ void topk_select_kernel(const float* probs, int64_t S, int64_t E, int
       raise_flag(flags, kNanProbs, s);
       for (int64_t j = 0; j < k; ++j) {
         ex[j] = j;
-        weights[s * k + j] = 0.0f;
-        keys[s * k + j] = j << 32;
+        weights[s * k + j] = T(0);
+        if (keys != nullptr) keys[s * k + j] = j << 32;
       }
       continue;
     }
-    float sum = 0.0f;
+    T sum = T(0);
     for (int64_t j = 0; j < k; ++j) {
       int64_t best = -1;
       for (int64_t e = 0; e < E; ++e) {
@@ -121,9 +124,11 @@ __global__ void topk_select_kernel(const float* probs, int64_t S, int64_t E, int
         if (best < 0 || row[e] > row[best]) best = e;  // strict: a tie keeps the lower index
       }
       ex[j] = best;
-      const float p = row[best];
+      const T p = row[best];
       sum += p;
-      keys[s * k + j] = (best << 32) | static_cast<int64_t>(~__float_as_uint(p));
+      if constexpr (std::is_same_v<T, float>) {
+        if (keys != nullptr) keys[s * k + j] = (best << 32) | static_cast<int64_t>(~__float_as_uint(p));
+      }
     }
     for (int64_t j = 0; j < k; ++j) weights[s * k + j] = row[ex[j]] / sum;
   }
@@ -166,29 +171,30 @@ __global__ void histogram_kernel(const int64_t* index, const int64_t* keep, int6
   }
 }
 
-template <typename OutT>
-__global__ void topk_backward_kernel(const float* grad_weights, const float* grad_probs, const float* probs,
-                                     const int64_t* expert, const float* weights, int64_t S, int64_t E, int64_t k,
+// T (float or double) is the dtype of probs, weights and the incoming gradients, and of the sums.
+template <typename T, typename OutT>
+__global__ void topk_backward_kernel(const T* grad_weights, const T* grad_probs, const T* probs,
+                                     const int64_t* expert, const T* weights, int64_t S, int64_t E, int64_t k,
                                      OutT* out) {
   for (int64_t s = global_thread(); s < S; s += grid_threads()) {
-    const float* p = probs + s * E;
-    const float* gp = grad_probs + s * E;
-    const float* gw = grad_weights + s * k;
+    const T* p = probs + s * E;
+    const T* gp = grad_probs + s * E;
+    const T* gw = grad_weights + s * k;
     const int64_t* ex = expert + s * k;
-    float total = 0.0f, dot = 0.0f;
+    T total = T(0), dot = T(0);
     for (int64_t j = 0; j < k; ++j) {
       total += p[ex[j]];
       dot += gw[j] * weights[s * k + j];
     }
     // w_j = p_j / total, so dL/dp_j gains (g_j - sum_i g_i w_i) / total; then softmax backward.
-    float inner = 0.0f;
+    T inner = T(0);
     for (int64_t e = 0; e < E; ++e) inner += gp[e] * p[e];
     for (int64_t j = 0; j < k; ++j) inner += (gw[j] - dot) / total * p[ex[j]];
     for (int64_t e = 0; e < E; ++e) {
-      float g = gp[e];
+      T g = gp[e];
       for (int64_t j = 0; j < k; ++j)
         if (ex[j] == e) g += (gw[j] - dot) / total;
-      out[s * E + e] = Num<OutT>::store(p[e] * (g - inner));
+      out[s * E + e] = Num<OutT>::store(static_cast<typename Num<OutT>::acc>(p[e] * (g - inner)));
     }
   }
 }
@@ -322,7 +328,7 @@ __global__ void unpermute_backward_kernel(const T* grad, const T* y, const T* w_
     if (warp == 0) {
       Acc v = lane < warps ? partial[lane] : Acc(0);
       v = warp_sum(v);
-      if (lane == 0) grad_w[assign[n]] = static_cast<W>(v);
+      if (lane == 0) grad_w[assign[n]] = Num<W>::store(static_cast<typename Num<W>::acc>(v));
     }
     __syncthreads();
   }
@@ -398,7 +404,15 @@ __global__ void mod_select_kernel(const float* scores, int64_t B, int64_t T, int
 void launch_topk_select(const float* probs, int64_t S, int64_t E, int64_t k, int64_t* expert, float* weights,
                         int64_t* keys, int64_t* flags, cudaStream_t stream) {
   if (S == 0) return;
-  topk_select_kernel<<<blocks_for(S), kThreads, 0, stream>>>(probs, S, E, k, expert, weights, keys, flags);
+  topk_select_kernel<float><<<blocks_for(S), kThreads, 0, stream>>>(probs, S, E, k, expert, weights, keys, flags);
+  check_launch("topk_select");
+}
+
+void launch_topk_select(const double* probs, int64_t S, int64_t E, int64_t k, int64_t* expert, double* weights,
+                        int64_t* flags, cudaStream_t stream) {
+  if (S == 0) return;
+  topk_select_kernel<double><<<blocks_for(S), kThreads, 0, stream>>>(probs, S, E, k, expert, weights, nullptr,
+                                                                     flags);
   check_launch("topk_select");
 }
 
@@ -425,9 +439,18 @@ void launch_topk_backward(const float* grad_weights, const float* grad_probs, co
   if (S == 0) return;
   dispatch_dtype(out_dtype, [&](auto tag) {
     using OutT = decltype(tag);
-    topk_backward_kernel<OutT><<<blocks_for(S), kThreads, 0, stream>>>(grad_weights, grad_probs, probs, expert,
-                                                                        weights, S, E, k, static_cast<OutT*>(out));
+    topk_backward_kernel<float, OutT><<<blocks_for(S), kThreads, 0, stream>>>(
+        grad_weights, grad_probs, probs, expert, weights, S, E, k, static_cast<OutT*>(out));
   });
+  check_launch("topk_backward");
+}
+
+void launch_topk_backward(const double* grad_weights, const double* grad_probs, const double* probs,
+                          const int64_t* expert, const double* weights, int64_t S, int64_t E, int64_t k, double* out,
+                          cudaStream_t stream) {
+  if (S == 0) return;
+  topk_backward_kernel<double, double><<<blocks_for(S), kThreads, 0, stream>>>(grad_weights, grad_probs, probs,
+                                                                               expert, weights, S, E, k, out);
   check_launch("topk_backward");
 }
 
@@ -511,17 +534,12 @@ void launch_unpermute_backward(const void* grad, const void* y, const void* w_y,
   if (N == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const auto run = [&](auto wtag) {
+    dispatch_dtype(w_dtype, [&](auto wtag) {
       using W = decltype(wtag);
       unpermute_backward_kernel<T, W><<<row_blocks(N), kThreads, 0, stream>>>(
           static_cast<const T*>(grad), static_cast<const T*>(y), static_cast<const T*>(w_y), token, assign, N, D,
           static_cast<T*>(grad_y), static_cast<W*>(grad_w));
-    };
-    if (w_dtype == DType::kFloat64) {
-      run(double{});
-    } else {
-      run(float{});
-    }
+    });
   });
   check_launch("unpermute_backward");
 }

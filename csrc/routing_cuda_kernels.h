@@ -33,6 +33,10 @@ enum Error : int {
 // and sort keys (expert << 32 | ~bits(prob)) whose ascending order is expert-major, prob-desc.
 void launch_topk_select(const float* probs, int64_t S, int64_t E, int64_t k, int64_t* expert, float* weights,
                         int64_t* keys, int64_t* flags, cudaStream_t stream);
+// The same for fp64 probabilities (fp64 logits, e.g. gradcheck), without keys: a double does not fit
+// beside the expert in 64 bits, so the caller orders the assignments with two stable sorts instead.
+void launch_topk_select(const double* probs, int64_t S, int64_t E, int64_t k, int64_t* expert, double* weights,
+                        int64_t* flags, cudaStream_t stream);
 // slot[order[i]] = rank of i within its expert (i - starts[e]), or -1 past capacity (< 0: none).
 void launch_assign_slots(const int64_t* order, const int64_t* expert, const int64_t* starts, int64_t A,
                          int64_t capacity, int64_t* slot, cudaStream_t stream);
@@ -40,10 +44,14 @@ void launch_assign_slots(const int64_t* order, const int64_t* expert, const int6
 // by the caller.
 void launch_histogram(const int64_t* index, const int64_t* keep, int64_t n, int64_t E, int64_t* counts,
                       int64_t* flags, cudaStream_t stream);
-// d(loss)/d(logits) per row; out has dtype out_dtype (not kFloat64).
+// d(loss)/d(logits) per row, computed in fp32; out has dtype out_dtype (the logits').
 void launch_topk_backward(const float* grad_weights, const float* grad_probs, const float* probs,
                           const int64_t* expert, const float* weights, int64_t S, int64_t E, int64_t k, void* out,
                           DType out_dtype, cudaStream_t stream);
+// The same in fp64 throughout (fp64 logits).
+void launch_topk_backward(const double* grad_weights, const double* grad_probs, const double* probs,
+                          const int64_t* expert, const double* weights, int64_t S, int64_t E, int64_t k, double* out,
+                          cudaStream_t stream);
 // keys[a] = expert << 32 | slot for kept assignments, INT64_MAX for dropped ones.
 void launch_plan_keys(const int64_t* expert, const int64_t* slot, int64_t A, int64_t E, int64_t* keys,
                       int64_t* flags, cudaStream_t stream);
@@ -69,8 +77,8 @@ void launch_scatter_rows(const void* src, const int64_t* index, int64_t n, int64
 void launch_segment_sum(const void* src, const int64_t* offsets, const int64_t* rows, int64_t num_targets,
                         int64_t D, const void* weights, const int64_t* weight_index, DType dtype, void* out,
                         cudaStream_t stream);
-// grad_y[n] = grad[token[n]] * w_y[assign[n]]; grad_w[assign[n]] = <grad[token[n]], y[n]> (grad_w
-// zeroed by the caller, dtype w_dtype: kFloat32 or kFloat64).
+// grad_y[n] = grad[token[n]] * w_y[assign[n]]; grad_w[assign[n]] = <grad[token[n]], y[n]>, summed in
+// fp32 (fp64 for fp64) and rounded once to w_dtype, any of the four (grad_w zeroed by the caller).
 void launch_unpermute_backward(const void* grad, const void* y, const void* w_y, const int64_t* token,
                                const int64_t* assign, int64_t N, int64_t D, DType dtype, void* grad_y, void* grad_w,
                                DType w_dtype, cudaStream_t stream);

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upcycle": ("lumina.commands.upcycle", "a dense model as moe, mod or hybrid: experts copied from the FFN, routers fresh"),
     "bench": ("lumina.commands.bench", "the benchmark table: every mode beside HF Llama/Mixtral and a plain loop, measured"),
     "study": ("lumina.commands.study", "studies that train many small models: `lumina study isoflop` (every mode at equal FLOPs)"),
-    "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA) and the backend of each routing op"),
+    "doctor": ("lumina.commands.doctor", "versions (torch, DeepSpeed, megatron-core, CUDA), the backend of each routing op, active apex kernels"),
 }
 
 

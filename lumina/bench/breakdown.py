@@ -4,8 +4,8 @@ A speed ratio between two implementations of the same model says who is faster, 
 much faster the slower one could get. Both run the same math, so both must run its large kernels:
 the matrix multiplies, the attention kernel, the softmax cross-entropy over the vocabulary and the
 optimizer update. What is left (element-wise ops, norms, RoPE, routing, autograd and Python) is
-where implementations differ. The report divides each step into those parts, and from them bounds
-the ratio any implementation built on the same kernels could reach.
+where implementations differ. The report divides each step into those parts, and from the
+baseline's parts bounds the ratio any implementation built on the baseline's kernels could reach.
 
 Times are each op's self time on the calling thread (with intra-op threads, the op's wall time),
 per step, averaged over a few profiled steps after training.
@@ -66,20 +66,3 @@ def ceiling(baseline: dict[str, float]) -> float:
     measured in two processes differ by 10-20% on a shared 2-core machine, so the bound never
     mixes processes.)"""
     return sum(baseline.values()) / kernel_seconds(baseline)
-
-
-# The kernels both sides run as the same torch ops, so that their time ratio measures the two
-# processes' speed. Attention and the loss are not among them: on CPU Lumina runs its own kernels
-# for those (lumina._C), which are faster than torch's.
-SHARED = ("matmul", "optimizer")
-
-
-def to_baseline_speed(ours: dict[str, float], baseline: dict[str, float]) -> float:
-    """The factor that puts our profile in the baseline process's units: the ratio of the two
-    profiles' shared-kernel times (the same torch ops on the same shapes)."""
-    return sum(baseline[k] for k in SHARED) / sum(ours[k] for k in SHARED)
-
-
-def rest_at_baseline_speed(ours: dict[str, float], baseline: dict[str, float]) -> float:
-    """Our time outside the kernels, in the baseline process's units."""
-    return (sum(ours.values()) - kernel_seconds(ours)) * to_baseline_speed(ours, baseline)

@@ -2,7 +2,8 @@
 
 The schema is a small typed description (no jsonschema dependency): each key maps to the types
 its value may have; a nested dict is a sub-schema; a one-element list is "a list of these";
-`Maybe(sub)` is None or a match of sub; `OneOf(a, b, ...)` is one of those values.
+`Maybe(sub)` is None or a match of sub; `OneOf(a, b, ...)` is one of those values; `Rule(sub, f)`
+is a match of sub that f finds nothing wrong with.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import json
 import os
 
 from lumina.bench.breakdown import PARTS
+
+# Version 5: provenance and the repeated MFU peak; speed goals judged by lumina.bench.verdict.
+SCHEMA_VERSION = 5
 
 NUM = (int, float)
 OPT_NUM = (int, float, type(None))
@@ -32,13 +36,30 @@ class OneOf:
         self.values = values
 
 
+class Rule:
+    """A match of `schema` for which `rule(value)` returns None (else the reason it fails)."""
+
+    def __init__(self, schema, rule):
+        self.schema = schema
+        self.rule = rule
+
+
+def _unrecorded_needs_a_note(p: dict) -> str | None:
+    missing = [k for k in ("commit", "date", "command", "machine", "versions") if p[k] is None]
+    if missing and not p["note"]:
+        return f"{', '.join(missing)} not recorded and no note says why"
+    if p["commit"] is not None and p["dirty"] is None:
+        return "commit recorded without whether the tree had uncommitted changes (dirty)"
+    return None
+
+
 BREAKDOWN = {part: NUM for part in PARTS}
 POINT = {"iteration": int, "tokens": int, "loss": NUM, "seconds": NUM, "step_seconds": NUM}
 RUN = {
     "system": str, "size": str, "mode": str, "hardware": str,
     "params_total": int, "params_active": int, "flops_per_token": NUM,
     "tokens": int, "iters": int, "train_seconds": NUM, "tokens_per_s": NUM, "mfu": OPT_NUM,
-    "final_loss": NUM, "valid_loss": NUM, "ppl": NUM, "peak_mem_gb": NUM, "peak_tflops": OPT_NUM,
+    "final_loss": NUM, "valid_loss": NUM, "ppl": NUM, "peak_mem_gb": NUM,
     "skip_rate": OPT_NUM, "flops_reduction": OPT_NUM, "expert_utilisation": OPT_NUM, "load_balance": OPT_NUM,
     "expert_load": OPT_LIST, "mod_skip_per_layer": OPT_LIST,
     "curve": [POINT],
@@ -46,10 +67,13 @@ RUN = {
 }
 RATIO = {
     "size": str, "mode": str, "baseline": str, "lumina_tokens_per_s": NUM, "baseline_tokens_per_s": NUM,
-    "ratio": NUM, "side_by_side_ratio": OPT_NUM, "side_by_side_range": OPT_LIST, "goal": OPT_NUM, "goal_met": (bool, type(None)), "lumina_valid_loss": NUM,
-    "baseline_valid_loss": NUM, "loss_difference": NUM, "loss_no_worse": bool,
+    "ratio": NUM, "side_by_side_ratio": OPT_NUM, "side_by_side_range": OPT_LIST,
+    # the per-round ratios' mean and one-sided 95% bounds [lower, upper] (lumina.bench.verdict)
+    "side_by_side_mean": OPT_NUM, "side_by_side_bounds": OPT_LIST,
+    "goal": OPT_NUM, "goal_verdict": OneOf("met", "not met", "undecided", None),
+    "lumina_valid_loss": NUM, "baseline_valid_loss": NUM, "loss_difference": NUM,
     "loss_differences": [NUM], "loss_difference_mean": NUM, "loss_difference_se": OPT_NUM,
-    "loss_verdict": OneOf("yes", "no", "undecided"),
+    "loss_difference_bounds": OPT_LIST, "loss_verdict": OneOf("yes", "no", "undecided"),
 }
 # One system's side of a speed trial (lumina.bench.speed); ratio*: Lumina's speed over this one's.
 SPEED = {"size": str, "mode": str, "system": str, "rounds": int, "steps": int, "warmup": int, "step_seconds": [NUM],
@@ -65,19 +89,28 @@ CLAIM = {
     "flops_per_token": NUM, "implied_mfu": NUM, "planner_tokens_per_s": OPT_NUM, "planner_mfu": NUM,
     "memory_needed_gib": NUM, "gpu_memory_gib": NUM, "verdict": str,
 }
-GPU_ROW = {"mode": str, "gpu": str, "layers": int, "tokens_per_s": NUM, "mfu": NUM, "peak_mem_gb": NUM,
-           "final_loss": NUM}
-MACHINE = {"cpu": str, "cores": int, "gpu": OPT_STR, "threads": int, "python": str, "torch": str,
-           "deepspeed": OPT_STR, "transformers": OPT_STR, "peak_tflops": NUM, "peak_source": str}
+# iters: training iterations per mode (None: not recorded by the run).
+GPU_ROW = {"mode": str, "gpu": str, "layers": int, "iters": (int, type(None)), "tokens_per_s": NUM, "mfu": NUM,
+           "peak_mem_gb": NUM, "final_loss": NUM}
+MACHINE = {"cpu": str, "cores": int, "threads": int, "gpu": OPT_STR}
+VERSIONS = {"python": str, "lumina": OPT_STR, "torch": str, "deepspeed": OPT_STR, "transformers": OPT_STR}
+# lumina.util.provenance.provenance(): what ran, where and on which code. Results measured before
+# provenance was recorded carry None in what is unknown, and a note that says so.
+PROVENANCE = Rule({"commit": OPT_STR, "dirty": (bool, type(None)), "date": OPT_STR, "command": OPT_STR,
+                   "machine": Maybe(MACHINE), "versions": Maybe(VERSIONS), "note": OPT_STR},
+                  _unrecorded_needs_a_note)
+# The MFU peak: measured `repeats` times at the start of a bench run (the median is used for every
+# row; min and max are the spread), or a datasheet figure.
+PEAK = {"tflops": NUM, "min": NUM, "max": NUM, "repeats": int, "source": str, "note": OPT_STR}
 SCHEMA = {
-    "schema": int, "date": str, "command": str, "machine": MACHINE, "spec": dict,
-    "runs": [RUN], "seed_runs": [SEED_RUN], "speed": [SPEED], "ratios": [RATIO], "loss_tolerance": NUM, "projected": [PROJECTED], "claims": [CLAIM],
+    "schema": int, "provenance": PROVENANCE, "peak": PEAK, "spec": dict,
+    "runs": [RUN], "seed_runs": [SEED_RUN], "speed": [SPEED], "ratios": [RATIO], "loss_tolerance": NUM,
+    "projected": [PROJECTED], "claims": [CLAIM],
 }
-
-
-# Keys a results file may have in addition: the GPU benchmark (tests/gpu/bench.sh), added with
-# `lumina bench --add-gpu gpu_bench.json [--gpu-commit REV]` once a GPU run exists.
-OPTIONAL = {"gpu_bench": [GPU_ROW], "gpu_bench_commit": str}
+# The GPU benchmark (tests/gpu/bench.sh writes this as gpu_bench.json), added to a results file
+# with `lumina bench --add-gpu gpu_bench.json`: its own provenance, since it ran elsewhere.
+GPU_BENCH = {"provenance": PROVENANCE, "rows": [GPU_ROW]}
+OPTIONAL = {"gpu_bench": GPU_BENCH}
 
 
 def check(value, schema=SCHEMA, where: str = "results") -> None:
@@ -86,7 +119,12 @@ def check(value, schema=SCHEMA, where: str = "results") -> None:
         for key, sub in OPTIONAL.items():
             if key in value:
                 check(value[key], sub, f"{where}.{key}")
-    if isinstance(schema, Maybe):
+    if isinstance(schema, Rule):
+        check(value, schema.schema, where)
+        reason = schema.rule(value)
+        if reason:
+            raise ValueError(f"{where}: {reason}")
+    elif isinstance(schema, Maybe):
         if value is not None:
             check(value, schema.schema, where)
     elif isinstance(schema, OneOf):
@@ -124,13 +162,39 @@ def save(results: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str) -> dict:
+def read_json(path: str, what: str = "results file", make: str = "run `lumina bench` to make it"):
     try:
         with open(path) as f:
-            results = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise ValueError(f"results file {path} does not exist: run `lumina bench` to make it") from None
+        raise ValueError(f"{what} {path} does not exist: {make}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"results file {path} is not JSON ({exc})") from None
+        raise ValueError(f"{what} {path} is not JSON ({exc})") from None
+
+
+def load(path: str) -> dict:
+    results = read_json(path)
+    version = results.get("schema") if isinstance(results, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"results file {path} has schema {version!r}, not {SCHEMA_VERSION}: "
+                         f"`lumina bench --upgrade --out-dir {os.path.dirname(path) or '.'}` rewrites a schema-4 file")
     check(results)
     return results
+
+
+def load_gpu_bench(path: str) -> dict:
+    """tests/gpu/bench.sh's gpu_bench.json for `lumina bench --add-gpu`: refused unless its rows
+    record the commit whose code they measured (the script records it; a label typed in later
+    could name any commit)."""
+    where = f"--add-gpu {path}"
+    data = read_json(path, "--add-gpu file", "run tests/gpu/bench.sh to make it")
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{where}: no rows; expected tests/gpu/bench.sh's gpu_bench.json")
+    prov = data.get("provenance") if isinstance(data, dict) else None
+    if not isinstance(prov, dict) or not prov.get("commit"):
+        first = rows[0].get("mode", "?") if isinstance(rows[0], dict) else "?"
+        raise ValueError(f"{where}: row 0 ({first}) does not record the commit it measured (provenance.commit); "
+                         "run tests/gpu/bench.sh from a git checkout, which records it")
+    check(data, GPU_BENCH, where)
+    return data

@@ -9,39 +9,36 @@ process, interleaved, for the speed ratios the goals are judged on (that module 
 tokens/s leaves out the first iteration (allocator and kernel warm-up) and the evaluation and
 checkpoint at the end: it is train tokens over the summed time of iterations 2..N, for every
 system alike. Peak memory is each process's peak resident set (CPU) or CUDA max allocated (GPU).
+MFU is against one peak per run: measured PEAK_REPEATS times here before anything trains, its
+median given to every trainer process (--peak-tflops) and used for every row, its range recorded;
+a single short matmul loop per process scattered by 2x between the processes of one run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 
+from lumina.bench.results import SCHEMA_VERSION
 from lumina.bench.spec import BenchSpec, SizeRun
+from lumina.bench.speed import round_ratios
+from lumina.bench.verdict import LOSS_TOLERANCE, Bounds, bounds, loss_verdict, speed_verdict
 
-SCHEMA_VERSION = 4
 # Goals from the benchmark issue: Lumina's tokens/s over the baseline's, on CPU.
 GOALS = {"hf-llama": 1.2, "hf-mixtral": 1.5}
-# Lumina's held-out loss counts as "no worse" when its mean paired difference from the baseline's,
-# over the main seed and the size's loss_seeds, is at most this (the differences are reported).
-LOSS_TOLERANCE = 0.02
-# One-sided 95% quantiles of Student's t by degrees of freedom (standard tables, e.g. the NIST/
-# SEMATECH e-Handbook of Statistical Methods, section 1.3.6.7.2). A mean above the tolerance counts
-# as "worse" only when it stays above it by more than this many standard errors: at these budgets
-# one seed's difference is mostly the draw, and the seeds' scatter says how much.
-T95_ONE_SIDED = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812)
+# How often the MFU peak is measured at the start of a run (the median is used, the range shown).
+PEAK_REPEATS = 5
 # The modes transformers has a model of (Llama, Mixtral).
 HF_MODES = ("dense", "moe")
 
 
-def trainer_args(spec: BenchSpec, size: SizeRun, mode: str, run_dir: str | None = None) -> list[str]:
+def trainer_args(spec: BenchSpec, size: SizeRun, mode: str, run_dir: str | None = None,
+                 peak_tflops: float | None = None) -> list[str]:
     args = ["--preset", size.preset, "--mode", mode, "--seq-length", str(size.seq),
             "--micro-batch-size", str(size.micro_batch), "--global-batch-size", str(size.micro_batch),
             "--train-iters", str(size.iters), "--lr", str(spec.lr), "--min-lr", str(spec.lr / 10),
@@ -50,6 +47,8 @@ def trainer_args(spec: BenchSpec, size: SizeRun, mode: str, run_dir: str | None 
             "--save-interval", str(10 ** 9), "--log-interval", "1", "--no-progress"]
     if run_dir is not None:
         args += ["--run-dir", run_dir, "--save", os.path.join(run_dir, "checkpoints")]
+    if peak_tflops is not None:  # the bench's one measurement, not each process's own
+        args += ["--peak-tflops", repr(peak_tflops)]
     return args
 
 
@@ -60,13 +59,13 @@ def _run(cmd: list[str], what: str, timeout: float) -> str:
     return proc.stdout
 
 
-def run_lumina(spec: BenchSpec, size: SizeRun, mode: str, timeout: float) -> dict:
+def run_lumina(spec: BenchSpec, size: SizeRun, mode: str, timeout: float, peak: float | None = None) -> dict:
     from lumina.accounting import account
     from lumina.pretrain import build_parser
     from lumina.train.loop import plan_layout
 
     with tempfile.TemporaryDirectory(prefix="lumina-bench-") as run_dir:
-        _run([sys.executable, "-m", "lumina.pretrain", *trainer_args(spec, size, mode, run_dir)],
+        _run([sys.executable, "-m", "lumina.pretrain", *trainer_args(spec, size, mode, run_dir, peak)],
              f"lumina {size.preset}/{mode}", timeout)
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f if line.strip()]
@@ -87,7 +86,6 @@ def run_lumina(spec: BenchSpec, size: SizeRun, mode: str, timeout: float) -> dic
     return {"system": "lumina", "params_total": acc.params_total, "params_active": acc.params_active,
             "flops_per_token": acc.flops_per_token, "curve": curve,
             "valid_loss": valid[-1]["loss"] if valid else None, "peak_mem_gb": summary["peak_mem_gb"],
-            "peak_tflops": last["tflops"] / last["mfu"] if last.get("mfu") else None,
             "expert_load": last.get("moe_tokens_per_expert"),
             "mod_skip_per_layer": last.get("mod_skip_fraction_per_layer"),
             "skip_rate": summary.get("mod_skip_fraction"), "flops_reduction": summary.get("flops_reduction"),
@@ -102,9 +100,10 @@ def run_baseline(spec: BenchSpec, size: SizeRun, mode: str, kind: str, timeout: 
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_speed(spec: BenchSpec, size: SizeRun, mode: str, kinds: list[str], timeout: float) -> list[dict]:
+def run_speed(spec: BenchSpec, size: SizeRun, mode: str, kinds: list[str], timeout: float,
+              peak: float | None = None) -> list[dict]:
     """The side-by-side speed trial of Lumina's trainer against `kinds`: one row per system."""
-    job = {"trainer_args": trainer_args(spec, size, mode), "kinds": kinds, "rounds": size.speed_rounds,
+    job = {"trainer_args": trainer_args(spec, size, mode, peak_tflops=peak), "kinds": kinds, "rounds": size.speed_rounds,
            "steps": size.speed_steps, "warmup": size.speed_warmup}
     out = _run([sys.executable, "-m", "lumina.bench.speed", json.dumps(job)],
                f"speed trial {size.preset}/{mode}", timeout)
@@ -133,7 +132,7 @@ def finish(run: dict, size: SizeRun, mode: str, peak_tflops: float | None, hardw
     })
     run["mfu"] = (run["flops_per_token"] * run["tokens_per_s"] / (peak_tflops * 1e12)) if peak_tflops else None
     for key in ("expert_load", "mod_skip_per_layer", "skip_rate", "flops_reduction", "expert_utilisation",
-                "load_balance", "peak_tflops", "breakdown"):
+                "load_balance", "breakdown"):
         run.setdefault(key, None)
     return run
 
@@ -165,26 +164,11 @@ def _paired_differences(ours: dict, base: dict, seeds: list[dict]) -> list[float
     return diffs + [mine[s] - theirs[s] for s in sorted(mine) if s in theirs]
 
 
-def loss_verdict(diffs: list[float], tolerance: float = LOSS_TOLERANCE) -> tuple[float, float | None, str]:
-    """The mean paired difference, its standard error (None for one seed) and the verdict:
-    "yes" when the mean is within the tolerance; "no" when it exceeds the tolerance by more than
-    a one-sided 95% t-interval; otherwise "undecided" (one seed, or within the seeds' scatter)."""
-    mean = sum(diffs) / len(diffs)
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
-    if mean <= tolerance:
-        return mean, se, "yes"
-    if se is None:
-        return mean, se, "undecided"
-    # Past 10 degrees of freedom the last quantile is kept: larger, so a "no" needs more, not less.
-    t = T95_ONE_SIDED[min(len(diffs) - 1, len(T95_ONE_SIDED)) - 1]
-    return mean, se, "no" if mean - t * se > tolerance else "undecided"
-
-
 def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] | None = None) -> list[dict]:
-    """Lumina against each baseline of the same size and mode. The speed goal is judged on the
-    side-by-side trial's median ratio where the trial ran (else on the full runs' tokens/s). The
-    loss verdict is on the mean paired difference over the seeds the baseline ran at (one, unless
-    loss_seeds add more)."""
+    """Lumina against each baseline of the same size and mode. A speed goal is judged on the
+    side-by-side trial's per-round ratios (undecided without a trial: the full runs give one
+    ratio); the loss on the paired differences over the seeds the baseline ran at (one, unless
+    loss_seeds add more). Both by the one rule of lumina.bench.verdict."""
     out = []
     for base in (r for r in runs if r["system"] != "lumina"):
         ours = next((r for r in runs if r["system"] == "lumina" and r["size"] == base["size"]
@@ -192,21 +176,36 @@ def ratios(runs: list[dict], seeds: list[dict] | None = None, speed: list[dict] 
         if ours is None:
             continue
         goal = GOALS.get(base["system"])
-        trial = next((t for t in speed or [] if t["size"] == base["size"] and t["mode"] == base["mode"]
-                      and t["system"] == base["system"]), None)
+
+        def trial_of(system: str) -> dict | None:
+            return next((t for t in speed or [] if t["size"] == base["size"] and t["mode"] == base["mode"]
+                         and t["system"] == system), None)
+
+        trial, mine = trial_of(base["system"]), trial_of("lumina")
+        per_round = round_ratios(mine["step_seconds"], trial["step_seconds"]) if trial and mine else None
         ratio = ours["tokens_per_s"] / base["tokens_per_s"]
-        judged = trial["ratio"] if trial else ratio
+        speed_bounds = bounds(per_round) if per_round else None
+        # Without a trial the full runs give one ratio: no scatter to judge it by, so undecided.
+        goal_verdict = speed_verdict(per_round or [ratio], goal)[1] if goal else None
         diffs = _paired_differences(ours, base, seeds or [])
         mean, se, verdict = loss_verdict(diffs)
+        loss_bounds = bounds(diffs)
         out.append({"size": base["size"], "mode": base["mode"], "baseline": base["system"],
                     "lumina_tokens_per_s": ours["tokens_per_s"], "baseline_tokens_per_s": base["tokens_per_s"],
                     "ratio": ratio, "side_by_side_ratio": trial["ratio"] if trial else None,
                     "side_by_side_range": [trial["ratio_min"], trial["ratio_max"]] if trial else None,
-                    "goal": goal, "goal_met": (judged >= goal) if goal else None,
+                    "side_by_side_mean": speed_bounds.mean if speed_bounds else None,
+                    "side_by_side_bounds": _pair_or_none(speed_bounds) if speed_bounds else None,
+                    "goal": goal, "goal_verdict": goal_verdict,
                     "lumina_valid_loss": ours["valid_loss"], "baseline_valid_loss": base["valid_loss"],
                     "loss_difference": diffs[0], "loss_differences": diffs, "loss_difference_mean": mean,
-                    "loss_difference_se": se, "loss_verdict": verdict, "loss_no_worse": verdict == "yes"})
+                    "loss_difference_se": se, "loss_difference_bounds": _pair_or_none(loss_bounds),
+                    "loss_verdict": verdict})
     return out
+
+
+def _pair_or_none(b: Bounds) -> list[float] | None:
+    return None if b.se is None else [b.lower, b.upper]
 
 
 def projections(sizes: tuple[str, ...]) -> list[dict]:
@@ -228,46 +227,44 @@ def projections(sizes: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("deepspeed", "transformers"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # a missing optional package is recorded as such
-            versions[name] = None
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "threads": torch.get_num_threads(), **versions}
-
-
 def hardware_label(m: dict) -> str:
     return m["gpu"] or f"CPU: {m['cpu']}, {m['cores']} cores"
 
 
+def measure_peak(device, repeats: int = PEAK_REPEATS) -> dict:
+    """The MFU peak for every row of a run: lumina.train.hardware's measurement (a datasheet
+    figure on a known GPU), taken `repeats` times in this process before anything trains; the
+    median is used and the range says how much one measurement can be trusted."""
+    from lumina.train.hardware import peak_tflops
+
+    values, source = [], None
+    for _ in range(repeats):
+        value, source = peak_tflops(device, None)
+        values.append(value)
+    return {"tflops": statistics.median(values), "min": min(values), "max": max(values), "repeats": repeats,
+            "source": source, "note": None}
+
+
 def run(spec: BenchSpec, command: str, timeout: float = 3600.0, log=print) -> dict:
     from lumina.plan.claims import CLAIMS, check
-    from lumina.train.hardware import peak_tflops
+    from lumina.util.provenance import provenance
 
     import torch
 
-    m = machine()
-    hardware = hardware_label(m)
+    record = provenance(command)
+    hardware = hardware_label(record["machine"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak, peak_source = peak_tflops(device, None)
+    measured = measure_peak(device)
+    peak = measured["tflops"]
+    log(f"lumina bench: MFU peak {peak:.3f} TFLOP/s, median of {measured['repeats']} "
+        f"({measured['min']:.3f} to {measured['max']:.3f}; {measured['source']})")
     runs: list[dict] = []
     seeds: list[dict] = []
     speed: list[dict] = []
     for size in spec.sizes:
         for mode in size.modes:
             log(f"lumina bench: {size.preset}/{mode}: Lumina, {size.iters} iterations of {size.micro_batch} x {size.seq}")
-            runs.append(finish(run_lumina(spec, size, mode, timeout), size, mode, peak, hardware))
+            runs.append(finish(run_lumina(spec, size, mode, timeout, peak), size, mode, peak, hardware))
             # Where a goal compares Lumina's model (run by `plain`) with Hugging Face's: profile
             # where the step's time goes, and repeat both at the extra loss seeds.
             against_hf = mode in HF_MODES and "hf" in size.baselines
@@ -283,12 +280,11 @@ def run(spec: BenchSpec, command: str, timeout: float = 3600.0, log=print) -> di
             if kinds:
                 log(f"lumina bench: {size.preset}/{mode}: speed trial against {', '.join(kinds)}, "
                     f"{size.speed_rounds} rounds of {size.speed_steps} step(s) each")
-                speed += run_speed(spec, size, mode, kinds, timeout)
+                speed += run_speed(spec, size, mode, kinds, timeout, peak)
     return {
         "schema": SCHEMA_VERSION,
-        "date": datetime.date.today().isoformat(),
-        "command": command,
-        "machine": {**m, "peak_tflops": peak, "peak_source": peak_source},
+        "provenance": record,
+        "peak": measured,
         "spec": spec.to_dict(),
         "runs": runs,
         "seed_runs": seeds,

@@ -6,7 +6,7 @@ and write the results file, docs/benchmarks.md and the plots.
     lumina bench --smoke                      # seconds of debug: every output, under runs/bench-smoke
     lumina bench --report-only                # re-render the page and plots from the results file
     lumina bench --add-gpu gpu_bench.json     # add tests/gpu/bench.sh's results, re-render
-    lumina bench --add-gpu gpu_bench.json --gpu-commit 93b66ce   # ... measured on that commit's code
+    lumina bench --upgrade                    # rewrite a schema-4 results file to the current schema
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="train nothing: render the page and plots from <out-dir>/results.json")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one training run may take")
     parser.add_argument("--add-gpu", default=None, metavar="GPU_BENCH_JSON",
-                        help="merge tests/gpu/bench.sh's gpu_bench.json into <out-dir>/results.json and re-render")
-    parser.add_argument("--gpu-commit", default=None, metavar="REV",
-                        help="with --add-gpu: the commit whose code the GPU run measured (shown beside its rows)")
+                        help="merge tests/gpu/bench.sh's gpu_bench.json into <out-dir>/results.json and re-render "
+                             "(refused unless it records the commit it measured)")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="rewrite <out-dir>/results.json from schema 4 to the current schema (verdicts "
+                             "recomputed from its measurements, unrecorded provenance marked so) and re-render")
 
 
 def _paths(args: argparse.Namespace) -> tuple[str, str]:
@@ -61,18 +63,18 @@ def run(args: argparse.Namespace) -> int:
 
     out_dir, markdown = _paths(args)
     results_path = os.path.join(out_dir, "results.json")
-    if args.gpu_commit and not args.add_gpu:
-        raise ValueError(f"--gpu-commit {args.gpu_commit!r} describes the rows of --add-gpu; give both")
-    if args.report_only or args.add_gpu:
+    if args.upgrade and (args.add_gpu or args.report_only or args.smoke):
+        raise ValueError("--upgrade rewrites the results file on its own: give it without --add-gpu, "
+                         "--report-only or --smoke")
+    if args.upgrade:
+        from lumina.bench.upgrade import upgrade
+
+        results = upgrade(results_io.read_json(results_path), results_path)
+        results_io.save(results, results_path)
+    elif args.report_only or args.add_gpu:
         results = results_io.load(results_path)
         if args.add_gpu:
-            import json
-
-            with open(args.add_gpu) as f:
-                results["gpu_bench"] = json.load(f)
-            results.pop("gpu_bench_commit", None)
-            if args.gpu_commit:
-                results["gpu_bench_commit"] = args.gpu_commit
+            results["gpu_bench"] = results_io.load_gpu_bench(args.add_gpu)
             results_io.save(results, results_path)  # checked against the schema first
     else:
         if args.smoke:

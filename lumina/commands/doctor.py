@@ -1,4 +1,5 @@
-"""`lumina doctor`: the versions Lumina runs on and the backend that serves each routing and fused op."""
+"""`lumina doctor`: the versions Lumina runs on, the backend that serves each routing and fused op, and
+which NVIDIA apex kernels are active."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def report() -> dict:
     """Everything `lumina doctor` prints, as data."""
     import torch
 
-    from lumina.ops import backend
+    from lumina.ops import backend, nvidia_apex
 
     cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     module = backend.load_extension()
@@ -69,6 +70,8 @@ def report() -> dict:
             "openmp": bool(getattr(module, "OPENMP", False)),
             "cuda_kernels": bool(getattr(module, "HAS_CUDA", False)),
         },
+        "apex": (nvidia_apex.describe() if cuda_devices else
+                 f"irrelevant without a CUDA device (its kernels are CUDA-only); on CUDA: {nvidia_apex.describe()}"),
         "routing_ops": ops,
         "cuda_available": cuda_devices > 0,
     }
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         ext = info["extension"]
         status = f"loaded from {ext['path']}" if ext["loaded"] else f"not loaded ({ext['error']})"
         print(f"{'lumina._C':<{width}}  {status}")
+        print(f"{'NVIDIA apex':<{width}}  {info['apex']}")
         print()
         op_width = max(len(op) for op in info["routing_ops"])
         cpu_width = max(len(v["cpu"]) for v in info["routing_ops"].values())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import logging
 import re
 import tempfile
 import zlib
@@ -200,6 +201,9 @@ class DocumentReader:
         import datasets
 
         datasets.disable_progress_bars()
+        # The JSON builder logs a malformed file at ERROR and then raises; our one-line error below
+        # names the file and carries the same reason, so its log line would only be a second line.
+        logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
         head = group[0]
         if isinstance(head, HubC4):
             where = f"allenai/c4 en {head.split} on the Hugging Face hub"

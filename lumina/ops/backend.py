@@ -22,18 +22,12 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 # Must equal lumina::kApiVersion in csrc/routing.h; a stale build is refused, not misused.
-API_VERSION = 4
+API_VERSION = 5
 
 OPS = ("topk_route", "dispatch_plan", "permute", "unpermute", "expert_histogram", "mod_select",
        "gather_tokens", "scatter_tokens")
 # lumina.ops.fused: CPU kernels only; other devices run the PyTorch expressions by design.
 FUSED_OPS = ("rms_norm", "rope", "swiglu", "expert_mlp", "causal_attention", "cross_entropy", "router_losses")
-
-# (op, device type) -> dtypes the kernel does not take; those tensors run the reference.
-_UNSUPPORTED_DTYPES: dict[tuple[str, str], frozenset[torch.dtype]] = {
-    ("topk_route", "cuda"): frozenset({torch.float64}),
-    ("topk_route_backward", "cuda"): frozenset({torch.float64}),
-}
 
 _lock = threading.Lock()
 _state: dict[str, object] = {"loaded": False, "module": None, "error": None}
@@ -93,6 +87,11 @@ def warn_once(key: str, message: str) -> None:
 
 def describe(op: str, device_type: str) -> str:
     """The backend that serves `op` for tensors on `device_type`, in words (for `lumina doctor`)."""
+    if op == "rms_norm" and device_type == "cuda" and not forced_reference():
+        from lumina.ops import nvidia_apex  # imports this module
+
+        if nvidia_apex.error() is None:
+            return "NVIDIA apex fused_rms_norm_affine (x and weight of one dtype; else PyTorch ops)"
     if op in FUSED_OPS and device_type != "cpu":
         return "PyTorch ops (the fused kernels are CPU-only)"
     if forced_reference():
@@ -106,9 +105,7 @@ def describe(op: str, device_type: str) -> str:
     if device_type == "cuda":
         if not getattr(module, "HAS_CUDA", False):
             return "reference (lumina._C was built without CUDA)"
-        unsupported = _UNSUPPORTED_DTYPES.get((op, device_type))
-        note = f"; {', '.join(str(d) for d in sorted(unsupported, key=str))} use the reference" if unsupported else ""
-        return f"CUDA kernel{note}"
+        return "CUDA kernel"
     return "reference"
 
 
@@ -120,8 +117,8 @@ def eager_kernel(op: str, t: torch.Tensor) -> Callable | None:
     return kernel(op, t.device)
 
 
-def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> Callable | None:
-    """The compiled function for `op` on this device and dtype, or None for the reference."""
+def kernel(op: str, device: torch.device) -> Callable | None:
+    """The compiled function for `op` on this device, or None for the reference."""
     if device.type not in ("cpu", "cuda") or forced_reference():
         return None
     module = load_extension()
@@ -134,6 +131,35 @@ def kernel(op: str, device: torch.device, dtype: torch.dtype | None = None) -> C
         warn_once("cuda", "lumina._C was built without CUDA kernels; routing ops on CUDA tensors run the "
                    "PyTorch reference. Rebuild on a machine with a CUDA torch (or LUMINA_BUILD_CUDA=1).")
         return None
-    if dtype is not None and dtype in _UNSUPPORTED_DTYPES.get((op, device.type), ()):
-        return None
     return getattr(module, f"{op}_{device.type}")
+
+
+def kernel_calls() -> dict[str, int]:
+    """Calls of each entry point of lumina._C since it was loaded, counted in C++ as each call
+    enters (e.g. {"unpermute_backward_cuda": 2, ...}); empty without the extension."""
+    module = load_extension()
+    return dict(module.kernel_calls()) if module is not None else {}
+
+
+class KernelCalls:
+    """The lumina._C entry points called inside a `with` block, and how often: the evidence of which
+    kernel served a call, so that a test fails when an op silently runs the reference instead.
+
+        with backend.KernelCalls() as calls:
+            routing.unpermute(y, plan, weights, S).sum().backward()
+        assert not calls.missing("unpermute_cuda", "unpermute_backward_cuda"), calls.counts
+    """
+
+    def __enter__(self) -> KernelCalls:
+        self._before = kernel_calls()
+        self.counts: dict[str, int] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = kernel_calls()
+        self.counts = {name: n - self._before.get(name, 0) for name, n in after.items()
+                       if n != self._before.get(name, 0)}
+
+    def missing(self, *names: str) -> list[str]:
+        """The entry points among `names` that the block did not call."""
+        return [name for name in names if self.counts.get(name, 0) == 0]

@@ -6,7 +6,8 @@ together, 18 for RoPE), and on CPU each op is a pass over memory plus a dispatch
 each direction in one pass for CPU tensors (docs/kernels.md has the measurements).
 
 The PyTorch expressions below (`*_reference`) are the specification and what runs on CUDA (where
-torch's own kernels are cheap next to the matmuls), under `torch.compile` (Inductor fuses them
+torch's own kernels are cheap next to the matmuls; RMSNorm runs NVIDIA apex's fused kernel there when
+apex is installed, `lumina.ops.nvidia_apex`), under `torch.compile` (Inductor fuses them
 itself), with LUMINA_ROUTING_BACKEND=reference, and when the extension is missing (one warning, from
 `lumina.ops.backend`). The kernels agree with them within the tolerances in tests/ops/test_fused.py.
 Autograd for the kernels is C++ (csrc/fused_autograd.cpp, csrc/experts_cpu.cpp,
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lumina.ops import backend
+from lumina.ops import backend, nvidia_apex
 from lumina.ops import routing_reference
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -57,6 +58,10 @@ def rms_norm_reference(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    apex_kernel = nvidia_apex.rms_norm_kernel(x.device.type)  # CUDA only; warns once without apex
+    if (apex_kernel is not None and x.dtype == weight.dtype and x.shape[-1] == weight.shape[0]
+            and not torch.compiler.is_compiling()):
+        return apex_kernel(x, weight, (x.shape[-1],), eps)
     kernel = _cpu_kernel("rms_norm", x, weight)
     if kernel is None or x.shape[-1] != weight.shape[0]:
         return rms_norm_reference(x, weight, eps)

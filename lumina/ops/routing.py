@@ -68,7 +68,7 @@ def _is_meta(t: Tensor) -> bool:
 
 @torch.library.custom_op("lumina::topk_route", mutates_args=())
 def _topk_route_op(logits: Tensor, top_k: int, capacity: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    fn = backend.kernel("topk_route", logits.device, logits.dtype)
+    fn = backend.kernel("topk_route", logits.device)
     if fn is None:
         return tuple(ref.topk_route(logits, top_k, None if capacity < 0 else capacity))
     return tuple(fn(logits, top_k, capacity))
@@ -85,7 +85,7 @@ def _(logits, top_k, capacity):
 @torch.library.custom_op("lumina::topk_route_backward", mutates_args=())
 def _topk_route_backward_op(grad_weights: Tensor, grad_probs: Tensor, probs: Tensor, expert_index: Tensor,
                             weights: Tensor, logits_dtype: torch.dtype) -> Tensor:
-    fn = backend.kernel("topk_route_backward", probs.device, probs.dtype)
+    fn = backend.kernel("topk_route_backward", probs.device)
     if fn is None:
         return ref.topk_route_backward(grad_weights, grad_probs, probs, expert_index, weights, logits_dtype)
     return fn(grad_weights, grad_probs, probs, expert_index, weights, logits_dtype)

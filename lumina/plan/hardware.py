@@ -1,7 +1,9 @@
-"""GPU and MFU tables the planner reads. Every figure names its source; assumptions say so.
+"""The GPU table (peaks, memory, bandwidths, prices) and the MFU assumptions. Every figure names
+its source; assumptions say so. The one table of datasheet peaks: the trainer's MFU reads it too
+(`lumina.train.hardware`), matching CUDA's device name against `device_name`.
 
 Peaks are dense (no structured sparsity) BF16 tensor-core FLOP/s with FP32 accumulation, the
-rate MFU is quoted against. Prices are the benchmark table's (A100 $4.00/h, H100 $6.00/h,
+rate MFU is quoted against. H200 SXM has the H100 SXM's compute. Prices are the benchmark table's (A100 $4.00/h, H100 $6.00/h,
 RTX 4090 $0.75/h); H200 and the 40 GB A100 had no price there and reuse H100's and A100's,
 which `--price` overrides.
 """
@@ -25,6 +27,7 @@ class GPU:
     intra_node_gbs: float = 0.0   # per GPU, one direction (NVLink; PCIe without it)
     inter_node_gbs: float = 0.0   # per GPU, one direction (the node's network divided by its GPUs)
     network_source: str = ""
+    device_name: str = ""         # what CUDA's device name contains for this GPU (the trainer's MFU peak)
 
 
 _A100_NET = ("A100 datasheet: NVLink 3 600 GB/s per GPU (300 each way); DGX A100: one 200 Gb/s HDR InfiniBand "
@@ -35,22 +38,22 @@ _H100_NET = ("H100 datasheet: NVLink 4 900 GB/s per GPU (450 each way); DGX H100
 GPUS: dict[str, GPU] = {g.name: g for g in (
     GPU("a100-40gb", 312.0, 40, 1555, 8, 4.00,
         "NVIDIA A100 Tensor Core GPU datasheet (2021): BF16 312 TFLOPS dense, 40 GB HBM2, 1,555 GB/s",
-        300, 25, _A100_NET),
+        300, 25, _A100_NET, "A100"),
     GPU("a100-80gb", 312.0, 80, 2039, 8, 4.00,
         "NVIDIA A100 Tensor Core GPU datasheet (2021): BF16 312 TFLOPS dense, 80 GB HBM2e, 2,039 GB/s (SXM)",
-        300, 25, _A100_NET),
+        300, 25, _A100_NET, "A100"),
     GPU("h100-80gb", 989.0, 80, 3350, 8, 6.00,
-        "NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 1,979 TFLOPS with sparsity = 989 dense, 80 GB HBM3, 3.35 TB/s",
-        450, 50, _H100_NET),
+        "NVIDIA H100 Tensor Core GPU datasheet (2023, SXM5): BF16 1,979 TFLOPS with sparsity = 989 dense, 80 GB HBM3, 3.35 TB/s",
+        450, 50, _H100_NET, "H100"),
     GPU("h200-141gb", 989.0, 141, 4800, 8, 6.00,
-        "NVIDIA H200 Tensor Core GPU datasheet (SXM): BF16 1,979 TFLOPS with sparsity = 989 dense, 141 GB HBM3e, 4.8 TB/s; "
+        "NVIDIA H200 Tensor Core GPU datasheet (2024, SXM): BF16 1,979 TFLOPS with sparsity = 989 dense, 141 GB HBM3e, 4.8 TB/s; "
         "price not in the benchmark table: H100's assumed",
-        450, 50, _H100_NET),
+        450, 50, _H100_NET, "H200"),
     GPU("rtx-4090", 165.2, 24, 1008, 8, 0.75,
-        "NVIDIA Ada Lovelace architecture whitepaper (2022), GeForce RTX 4090: BF16 tensor 165.2 TFLOPS dense "
+        "NVIDIA Ada GPU architecture whitepaper (2022, v2.1, appendix A), GeForce RTX 4090: BF16 tensor 165.2 TFLOPS dense "
         "with FP32 accumulate, 24 GB GDDR6X, 1,008 GB/s",
         25, 3, "no NVLink: PCIe 4.0 x16 (32 GB/s per direction, 25 assumed achievable); between nodes an assumed "
-               "25 Gb/s per GPU (a 200 Gb/s NIC shared by 8 GPUs)"),
+               "25 Gb/s per GPU (a 200 Gb/s NIC shared by 8 GPUs)", "RTX 4090"),
 )}
 
 
@@ -59,6 +62,12 @@ def gpu(name: str) -> GPU:
         return GPUS[name.lower()]
     except KeyError:
         raise ValueError(f"--gpu={name!r} is unknown: choose one of {', '.join(GPUS)}") from None
+
+
+def gpu_for_device(device_name: str) -> GPU | None:
+    """The table's entry for a CUDA device name ("NVIDIA H200", "NVIDIA A100-SXM4-80GB"), or None.
+    Both A100s have the same peak, which is what the trainer reads."""
+    return next((g for g in GPUS.values() if g.device_name.lower() in device_name.lower()), None)
 
 
 @dataclass(frozen=True)

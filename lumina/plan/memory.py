@@ -22,9 +22,15 @@ hidden h, ffn F, heads n, tensor parallel t:
                   (Q, K, V after RoPE, the SDPA output, which the output projection reads as a
                   view, and the FP32 log-sum-exp); without flash/SDPA + a n s / t (softmax output)
     dense MLP     norm + 4aF/t         (gate, up, silu(gate) and their product: torch's SwiGLU)
-    MoE MLP       norm + 8(E + noop) + k (2ah + 4aF/t)
-                  (FP32 router logits and probabilities; each of the k assignments keeps its
-                  permuted input, its output and the expert's 4F; dropped tokens only lower this)
+    MoE MLP       norm + 8(E + noop) + k r (2ah + 4aF/t)
+                  (FP32 router logits and probabilities; each of the k assignments the experts
+                  run keeps its permuted input, its output and the expert's 4F). r is the
+                  fraction of the k assignments a token makes that the experts run, 1 - the
+                  dropped fraction. The planner takes r = 1: balanced routing, which the balance
+                  loss drives towards and which no capacity factor >= 1 lets exceed. Early in
+                  training routing is far from balanced and drops many (debug moe at capacity
+                  1.25: 8%, 29%, 41% of assignments in its first 3 iterations), so a measured
+                  peak there is lower; `lumina.plan.validate` passes the run's measured r.
     MoD layer     the block at capacity c (run on the c s gathered tokens) + a h (the router's
                   input) + 2aP (the predictor's hidden layer of width P) + a c h (the gated update)
 
@@ -117,8 +123,10 @@ def _layer_split(cfg: ModelConfig, layer: int) -> tuple[int, int]:
     return layer_params(cfg, layer) - expert, expert
 
 
-def _block_bytes(cfg: ModelConfig, tokens: float, seq: float, tp: int, flash: bool, a: int) -> float:
-    """Activation bytes of one block (attention + MLP) run on `tokens` tokens of sequences `seq` long."""
+def _block_bytes(cfg: ModelConfig, tokens: float, seq: float, tp: int, flash: bool, a: int,
+                 moe_kept: float = 1.0) -> float:
+    """Activation bytes of one block (attention + MLP) run on `tokens` tokens of sequences `seq`
+    long; `moe_kept` of the MoE assignments reach an expert (see the module doc)."""
     h, F, t, n = cfg.hidden_size, cfg.ffn_hidden_size, tp, cfg.num_heads
     g = cfg.num_kv_heads * cfg.head_dim
     norm = (8 + a) * h
@@ -127,21 +135,21 @@ def _block_bytes(cfg: ModelConfig, tokens: float, seq: float, tp: int, flash: bo
         attn += a * n * seq / t
     if cfg.moe:
         mlp = (norm + 8 * (cfg.moe.num_experts + cfg.moe.num_noop_experts)
-               + cfg.moe.top_k * (2 * a * h + 4 * a * F / t))
+               + cfg.moe.top_k * moe_kept * (2 * a * h + 4 * a * F / t))
     else:
         mlp = norm + 4 * a * F / t
     return tokens * (attn + mlp)
 
 
 def layer_activation_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, flash: bool,
-                           routed: bool, with_mod: bool = True, act_bytes: int = 2) -> float:
+                           routed: bool, with_mod: bool = True, act_bytes: int = 2, moe_kept: float = 1.0) -> float:
     """Activation bytes one layer stores for one micro-batch (no recompute)."""
     a, tokens = act_bytes, seq * micro_batch
     if routed and with_mod and cfg.mod is not None:
         c, h = cfg.mod.capacity, cfg.hidden_size
-        return (_block_bytes(cfg, c * tokens, c * seq, tp, flash, a)
+        return (_block_bytes(cfg, c * tokens, c * seq, tp, flash, a, moe_kept)
                 + tokens * (a * h + 2 * a * cfg.mod.predictor_hidden + a * c * h))
-    return _block_bytes(cfg, tokens, seq, tp, flash, a)
+    return _block_bytes(cfg, tokens, seq, tp, flash, a, moe_kept)
 
 
 def logits_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, act_bytes: int = 2,
@@ -155,9 +163,13 @@ def logits_bytes(cfg: ModelConfig, seq: int, micro_batch: int, tp: int, act_byte
 def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int, micro_batch: int,
              grad_accum: int, stage_layers: tuple[int, ...], seq: int | None = None,
              recompute: str = "none", flash: bool = True, precision: str = "bf16",
-             context_bytes: float = CONTEXT_BYTES, loss_kernel: bool = False) -> MemoryBreakdown:
+             context_bytes: float = CONTEXT_BYTES, loss_kernel: bool = False,
+             moe_kept: float = 1.0) -> MemoryBreakdown:
     """Per-GPU memory of the busiest stage for this layout. loss_kernel: the loss runs lumina._C's
-    CPU kernel (a CPU run with the extension built), not torch's log-softmax and NLL."""
+    CPU kernel (a CPU run with the extension built), not torch's log-softmax and NLL. moe_kept:
+    the fraction of MoE assignments the experts run (1 - dropped; see the module doc)."""
+    if not 0.0 <= moe_kept <= 1.0:
+        raise ValueError(f"moe_kept={moe_kept} is invalid: must be in [0, 1]")
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute={recompute!r} is unknown: choose one of {', '.join(RECOMPUTE)}")
     if precision not in PRECISIONS:
@@ -168,8 +180,9 @@ def estimate(cfg: ModelConfig, *, tp: int, pp: int, ep: int, dp: int, zero: int,
     edp = max(dp // ep, 1)
     # Per-layer figures depend only on whether the layer is MoD-routed: compute each kind once.
     kinds = {r: (*_layer_split(cfg, next(i for i in range(cfg.num_layers) if (i in routed) == r)),
-                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, act_bytes=p.act),
-                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, with_mod=False, act_bytes=p.act))
+                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, act_bytes=p.act, moe_kept=moe_kept),
+                 layer_activation_bytes(cfg, s, micro_batch, tp, flash, r, with_mod=False, act_bytes=p.act,
+                                        moe_kept=moe_kept))
              for r in {i in routed for i in range(cfg.num_layers)}}
     best: MemoryBreakdown | None = None
     first = 0

@@ -8,7 +8,9 @@ layout `lumina/pretrain.py` would refuse. Speed is a projection, not a measureme
     step time    = max(compute time, communication time)
 
 
-with MFU from lumina.plan.hardware (cited, per GPU family and mode), FLOPs per token from
+with MFU from lumina.plan.hardware (cited, per GPU family and mode) or, where lower, the roofline
+bound of the layout's micro-batch (lumina.plan.roofline: a small model is bound by memory
+bandwidth and kernel launches, not FLOPs), FLOPs per token from
 lumina.accounting (training = 3 x forward, MoE top-k and MoD capacity included), the 1F1B bubble
 m / (m + P - 1) for m micro-batches per step (Narayanan et al. 2021, arXiv 2104.04473, eq. 1), and
 3/4 for full recompute (one extra forward per forward + backward).
@@ -33,6 +35,7 @@ from lumina.config import ModelConfig
 from lumina.parallel.layout import ParallelLayout
 from lumina.plan.hardware import GIB, GPU, MFUAssumption, mfu_for
 from lumina.plan.memory import FRAGMENTATION, MemoryBreakdown, estimate
+from lumina.plan.roofline import capped
 from lumina.util.argtypes import parse_count  # noqa: F401  (re-exported: the planner's count syntax)
 
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32)
@@ -161,8 +164,9 @@ def candidates(cfg: ModelConfig, gpu: GPU, gpus: int, gpus_per_node: int, global
     `fixed` pins any of tp, pp, ep, zero; `fit_only` skips what cannot fit (memory grows with the
     micro-batch, so the first micro-batch that fits neither with nor without recompute ends the scan)."""
     fixed = fixed or {}
+    given = mfu is not None
     acc = account(cfg, seq)
-    mfu = mfu or mfu_for(gpu.name, cfg.mode)
+    assumed = mfu or mfu_for(gpu.name, cfg.mode)
     experts = cfg.moe.num_experts if cfg.moe else 1
     plans = []
     for tp in [t for t in _divisors(min(gpus_per_node, gpus, 8)) if gpus % t == 0 and fixed.get("tp", t) == t]:
@@ -185,6 +189,8 @@ def candidates(cfg: ModelConfig, gpu: GPU, gpus: int, gpus_per_node: int, global
                             continue
                         ga = max(1, round(global_batch / (mb * dp)))
                         before = len(plans)
+                        # An MFU given with --mfu is taken as it is; the published one is capped.
+                        mfu = assumed if given else capped(assumed, cfg, gpu, seq, mb, tp)
                         for recompute in ("none", "full"):
                             mem = estimate(cfg, tp=tp, pp=pp, ep=ep, dp=dp, zero=zero, micro_batch=mb,
                                            grad_accum=ga, stage_layers=layout.stage_num_layers, seq=seq,

@@ -9,7 +9,10 @@ FP32 on CPU) in a child process, so one case's allocations cannot leak into the 
   token arrays of the data loader, RoPE tables): weights + gradients + optimizer states +
   activations + temporaries. The estimate is `lumina.plan.memory.estimate` for the same model
   and batch at FP32 without the CUDA context, buckets (one process has none) or the
-  fragmentation margin, which the allocator's bytes do not include.
+  fragmentation margin, which the allocator's bytes do not include. For MoE it is given the
+  fraction of assignments the experts ran in the iteration that reached the peak (the routing
+  statistics of that iteration): early routing drops a varying share, which the planner, at
+  balanced routing, does not (see `lumina.plan.memory`).
 - **Speed.** Unprofiled iterations after the profiled ones (at least 3 and 5 s) give tokens/s
   from the median iteration. The planner projects
   tokens/s as MFU x peak / FLOPs-per-token, with a dense MFU and a factor per mode
@@ -74,13 +77,16 @@ def measure(case: Case, profiled_iters: int = 2, timed_iters: int = 3, min_secon
 
     with tempfile.TemporaryDirectory() as run_dir:
         args = _trainer_args(case, run_dir, 10**6)
+        kept: list[float] = []  # per profiled iteration: the share of MoE assignments the experts ran
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             trainer = Trainer(args)
             weights = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
             with record_function(_MARK):
-                for _ in range(profiled_iters):
-                    trainer.train_iteration()
+                for i in range(profiled_iters):
+                    with record_function(f"{_MARK}.{i}"):
+                        trainer.train_iteration()
                     trainer.iteration += 1
+                    kept.append(moe_kept_fraction(trainer.step.routing_stats()))
         times: list[float] = []
         while len(times) < timed_iters or sum(times) < min_seconds:
             start = time.perf_counter()
@@ -95,16 +101,20 @@ def measure(case: Case, profiled_iters: int = 2, timed_iters: int = 3, min_secon
     events = sorted((e for e in recorded if e.name() == "[memory]"), key=lambda e: e.start_ns())
     before = sum(e.nbytes() for e in events if e.start_ns() < t0)
     live = peak = before
+    peak_ns = t0
     for e in events:
         if e.start_ns() >= t0:
             live += e.nbytes()
-            peak = max(peak, live)
+            if live > peak:
+                peak, peak_ns = live, e.start_ns()
     measured = peak - (before - weights)
+    at_peak = next(i for i in range(profiled_iters)
+                   if any(e.name() == f"{_MARK}.{i}" and e.start_ns() <= peak_ns <= e.end_ns() for e in recorded))
     # Whether the loss ran lumina._C's CPU kernel (it keeps less than torch's), as the profile shows.
     loss_kernel = any(e.name() == "lumina::cross_entropy_forward" for e in recorded)
     est = estimate(cfg, tp=1, pp=1, ep=1, dp=1, zero=0, micro_batch=case.micro_batch, grad_accum=1,
                    stage_layers=(cfg.num_layers,), seq=seq, precision="fp32", context_bytes=0,
-                   loss_kernel=loss_kernel)
+                   loss_kernel=loss_kernel, moe_kept=kept[at_peak])
     estimated = est.total - est.fragmentation
     acc = account(cfg)
     tokens_per_s = case.micro_batch * seq / seconds
@@ -112,10 +122,21 @@ def measure(case: Case, profiled_iters: int = 2, timed_iters: int = 3, min_secon
             "measured_peak_bytes": measured, "estimated_bytes": estimated,
             "estimate": {k: v for k, v in est.to_dict().items()
                          if k in ("weights", "gradients", "optimizer", "activations")},
-            "memory_ratio": estimated / measured, "loss_kernel": loss_kernel,
+            "memory_ratio": estimated / measured, "loss_kernel": loss_kernel, "moe_kept": kept[at_peak],
             "tokens_per_s": tokens_per_s, "flops_per_token": acc.flops_per_token,
             "mfu": acc.flops_per_token * tokens_per_s / (peak_tflops * 1e12), "peak_tflops": peak_tflops,
             "peak_source": peak_source}
+
+
+def moe_kept_fraction(stats: dict) -> float:
+    """The share of all MoE layers' top-k assignments that reached an expert (1.0 without MoE):
+    kept over kept / (1 - dropped), layer by layer, so layers that see fewer tokens (MoD-routed)
+    weigh less."""
+    kept = [sum(t) for t in stats.get("moe_tokens_per_expert", [])]
+    if not kept:
+        return 1.0
+    made = [k / (1.0 - d) for k, d in zip(kept, stats["moe_dropped_fraction_per_layer"]) if d < 1.0]
+    return sum(kept) / sum(made) if made else 0.0
 
 
 def run_case(case: Case, timeout: float = 1800.0) -> dict:
@@ -194,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                          Case(parts[0], parts[1], base.micro_batch, base.seq))
     rows = add_speed_estimates([run_case(c) for c in cases])
     print(markdown(rows))
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.out)
+    if args.out:  # under its provenance (commit, machine, versions, command), written atomically
+        from lumina.util.provenance import write_json
+
+        write_json(args.out, {"rows": rows})
     return 0
 
 

@@ -333,9 +333,10 @@ def latest(load_dir: str) -> tuple[str, dict]:
     return tag, meta
 
 
-def check_compatible(meta: dict, model_cfg: ModelConfig, load_dir: str) -> None:
-    """The model must be the one saved; the layout (world size, TP, PP, EP, ZeRO, precision) may
-    differ."""
+def check_compatible(meta: dict, model_cfg: ModelConfig, load_dir: str, tokenizer_sha256: str | None = None) -> None:
+    """The model must be the one saved, tokenizer included (another tokenizer gives the same
+    vocabulary size different token ids, and training would go on silently wrong); the layout
+    (world size, TP, PP, EP, ZeRO, precision) may differ."""
     saved = ModelConfig.from_dict(meta["model"])
     if (saved.name, saved.mode) != (model_cfg.name, model_cfg.mode):
         raise ValueError(f"--load={load_dir!r} is a {saved.name}/{saved.mode} checkpoint but this run "
@@ -344,6 +345,10 @@ def check_compatible(meta: dict, model_cfg: ModelConfig, load_dir: str) -> None:
         diff = [k for k, v in saved.to_dict().items() if model_cfg.to_dict().get(k) != v]
         raise ValueError(f"--load={load_dir!r} was saved with different model settings ({', '.join(diff)}): "
                          "use the flags it was trained with")
+    saved_tok = meta.get("tokenizer_sha256")
+    if tokenizer_sha256 is not None and saved_tok is not None and saved_tok != tokenizer_sha256:
+        raise ValueError(f"--load={load_dir!r} was trained with tokenizer {saved_tok[:12]} but this run uses "
+                         f"{tokenizer_sha256[:12]}: use the --tokenizer-model it was trained with")
 
 
 @torch.no_grad()

@@ -57,12 +57,6 @@ def init(dev: torch.device) -> None:
                                    verbose=False)
 
 
-def all_reduce_mean(values: list[float], dev: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=dev)
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
-
-
 def any_rank(flag: bool, dev: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=dev)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

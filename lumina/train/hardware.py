@@ -1,12 +1,7 @@
 """Device peaks for MFU and peak-memory readings.
 
-Dense bf16 tensor-core peaks (no sparsity), from the vendors' datasheets:
-- A100 (SXM and PCIe, 40/80 GB): 312 TFLOP/s. NVIDIA A100 Tensor Core GPU datasheet (2021).
-- H100 SXM: 989 TFLOP/s. NVIDIA H100 Tensor Core GPU datasheet (2023), "BF16 Tensor Core
-  1,979 TFLOPS with sparsity".
-- H200 SXM: 989 TFLOP/s, same compute as H100 SXM. NVIDIA H200 datasheet (2024).
-- RTX 4090: 165.2 TFLOP/s with fp32 accumulate. NVIDIA Ada GPU Architecture whitepaper v2.1,
-  appendix A.
+GPU peaks are the datasheet dense BF16 figures of the planner's GPU table (`lumina.plan.hardware`,
+where each names its source): one table for the trainer and the planner.
 A CPU has no datasheet number we can trust across machines, so its peak is measured: the best
 matmul rate (fp32 or bf16) this process reaches in a short loop. CPU MFU is therefore relative
 to what torch's GEMM achieves on that machine, not to a theoretical peak.
@@ -20,14 +15,12 @@ import time
 
 import torch
 
-GPU_PEAK_TFLOPS: dict[str, float] = {"A100": 312.0, "H100": 989.0, "H200": 989.0, "RTX 4090": 165.2}
+from lumina.plan.hardware import gpu_for_device
 
 
 def gpu_peak_tflops(name: str) -> float | None:
-    for key, value in GPU_PEAK_TFLOPS.items():
-        if key.lower() in name.lower():
-            return value
-    return None
+    entry = gpu_for_device(name)
+    return entry.peak_tflops if entry is not None else None
 
 
 def measure_cpu_peak_tflops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:

@@ -107,7 +107,7 @@ class Trainer:
         self.resume = None
         if args.load is not None:  # refuse a wrong checkpoint before any process group exists
             tag, meta = checkpoint.latest(args.load)
-            checkpoint.check_compatible(meta, self.cfg, args.load)
+            checkpoint.check_compatible(meta, self.cfg, args.load, self.tokenizer.sha256)
             if meta["iteration"] >= args.train_iters:  # a resubmitted job that already finished
                 raise RunComplete(f"lumina: the run is complete: {args.load} holds iteration {meta['iteration']} "
                                   f"and --train-iters is {args.train_iters}; nothing to do")
@@ -222,11 +222,15 @@ class Trainer:
                                else "grad" if nxt in self.args.debug_inf_grad_iters else None)
 
     def evaluate(self) -> float | None:
-        """Mean held-out LM loss over --eval-iters micro-batches, the same batches every time."""
+        """Mean held-out LM loss over --eval-iters global batches, the same ones every time.
+
+        Counting global batches (not micro-batches per rank) makes the held-out set the first
+        eval_iters x global_batch_size windows of the validation loader at every layout: each DP
+        rank reads its rows of them, grad_accum micro-batches per global batch."""
         if self.args.eval_iters == 0:
             return None
         state = self.valid_loader.state_dict()
-        loss = self.step.evaluate(self.args.eval_iters)
+        loss = self.step.evaluate(self.args.eval_iters * self.res.grad_accum)
         self.valid_loader.load_state_dict(state)
         return loss
 

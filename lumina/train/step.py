@@ -133,15 +133,21 @@ class PlainStep(_Step):
         return float(acc[1]) / (t.res.grad_accum * dist.get_world_size())
 
     @torch.no_grad()
-    def evaluate(self, eval_iters: int) -> float:
+    def evaluate(self, micro_batches: int) -> float:
+        """Token-weighted mean LM loss over `micro_batches` of this rank and those of every other
+        DP rank: one sum of loss x tokens and one of tokens over all ranks, so the mean is over
+        the whole held-out set however it is split (TP peers add the same pair: the ratio holds)."""
         t = self.t
         t.model.eval()
-        total = 0.0
-        for _ in range(eval_iters):
+        acc = torch.zeros(2, dtype=torch.float64, device=t.device)  # [sum of loss x tokens, tokens]
+        for _ in range(micro_batches):
             batch = t.valid_loader.next_batch().to(t.device)
-            total += float(t.model(batch[:, :-1], labels=batch[:, 1:]).loss)
+            labels = batch[:, 1:]
+            acc[0] += t.model(batch[:, :-1], labels=labels).loss.detach().double() * labels.numel()
+            acc[1] += labels.numel()
         t.model.train()
-        return distributed.all_reduce_mean([total / eval_iters], t.device)[0]
+        dist.all_reduce(acc)
+        return float(acc[0] / acc[1])
 
     def routing_stats(self) -> dict:
         return self.t.model.routing_stats()
@@ -204,10 +210,12 @@ class PipeStep(_Step):
         return None if self._finish(self.decided_skip) else loss
 
     @torch.no_grad()
-    def evaluate(self, eval_iters: int) -> float:
+    def evaluate(self, micro_batches: int) -> float:
+        """The mean of the last stages' micro-batch losses over every rank: each micro-batch holds
+        micro_batch x seq tokens (fixed windows, no padding), so this is the token-weighted mean."""
         t = self.t
         t.model.lm_losses.clear()
-        t.engine.eval_batch(iter(self._batches(t.valid_loader, eval_iters)), num_micro_batches=eval_iters)
+        t.engine.eval_batch(iter(self._batches(t.valid_loader, micro_batches)), num_micro_batches=micro_batches)
         t.model.train()
         return self._lm_loss()
 

@@ -52,10 +52,10 @@ def test_lumina_stores_the_fp32_master_and_two_moments(report):
 
 
 def test_provenance_is_recorded(report):
-    assert report["command"].startswith("python bench/bench_checkpoint.py --preset debug")
+    p = report["provenance"]
+    assert p["command"].startswith("python bench/bench_checkpoint.py --preset debug")
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if git.returncode == 0:
-        assert report["commit"].split()[0] == git.stdout.strip()
-    m = report["machine"]
-    assert m["cores"] >= 1 and m["torch"] and m["deepspeed"]
+        assert p["commit"] == git.stdout.strip() and isinstance(p["dirty"], bool)
+    assert p["machine"]["cores"] >= 1 and p["versions"]["torch"] and p["versions"]["deepspeed"]
     assert len(report["load_before"]) == 3 and len(report["load_after"]) == 3

@@ -1,7 +1,9 @@
 """CUDA kernels against the reference run on the same GPU (marked gpu; tests/gpu/run.sh runs them).
 
 Integer outputs must match bit for bit: both sides take their probabilities from the same ATen
-softmax on the device. Floats match within the tolerances of docs/kernels.md.
+softmax on the device. Floats match within the tolerances of docs/kernels.md. Every test asserts,
+through lumina._C's call counters (backend.KernelCalls), that the CUDA kernels served the calls:
+a silent fallback to the reference would otherwise compare the reference with itself.
 """
 
 import math
@@ -11,8 +13,9 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lumina.ops import backend, routing
+from lumina.ops import backend, fused, nvidia_apex, routing
 from lumina.ops import routing_reference as ref
+from tests.ops.test_routing_gradients import LOW_PRECISION_WEIGHTS, check_low_precision_weights
 
 pytestmark = pytest.mark.gpu
 
@@ -57,6 +60,13 @@ def make_logits(S, E, kind, seed):
 @example(S=16384, E=64, k=4, factor=1.25, dtype=torch.bfloat16, kind="ties", D=64, seed=0)
 @example(S=1, E=1, k=1, factor=None, dtype=torch.float32, kind="normal", D=1, seed=0)
 def test_route_plan_permute_unpermute(cuda, S, E, k, factor, dtype, kind, D, seed):
+    with backend.KernelCalls() as calls:
+        _route_plan_permute_unpermute(cuda, S, E, k, factor, dtype, kind, D, seed)
+    assert not calls.missing("topk_route_cuda", "dispatch_plan_cuda", "expert_histogram_cuda", "permute_cuda",
+                             "unpermute_cuda"), calls.counts
+
+
+def _route_plan_permute_unpermute(cuda, S, E, k, factor, dtype, kind, D, seed):
     k = min(k, E)
     logits = make_logits(S, E, kind, seed).to(cuda).to(dtype)
     capacity = ref.expert_capacity(S, E, k, factor)
@@ -85,6 +95,12 @@ def test_route_plan_permute_unpermute(cuda, S, E, k, factor, dtype, kind, D, see
        D=st.sampled_from([3, 64, 2048]), seed=st.integers(0, 2**16))
 @example(B=2, T=16384, frac=0.125, dtype=torch.bfloat16, ties=True, D=64, seed=0)
 def test_mod_select_gather_scatter(cuda, B, T, frac, dtype, ties, D, seed):
+    with backend.KernelCalls() as calls:
+        _mod_select_gather_scatter(cuda, B, T, frac, dtype, ties, D, seed)
+    assert not calls.missing("mod_select_cuda", "gather_tokens_cuda", "scatter_tokens_cuda"), calls.counts
+
+
+def _mod_select_gather_scatter(cuda, B, T, frac, dtype, ties, D, seed):
     g = torch.Generator().manual_seed(seed)
     k = max(1, math.ceil(frac * T))
     if ties:
@@ -109,34 +125,63 @@ def test_gradients_match_reference(cuda, dtype, tol):
     grads = {}
     for name, module in (("kernel", routing), ("reference", ref)):
         logits, x = logits0.clone().requires_grad_(), x0.clone().requires_grad_()
-        route = module.topk_route(logits, 2, 600)
-        plan = module.dispatch_plan(route.expert_index, route.slot, 16)
-        out = module.unpermute(module.permute(x, plan) * 1.5, plan, route.weights, 4096)
-        g = torch.Generator(device=cuda).manual_seed(3)
-        loss = (out.float() * torch.randn(out.shape, device=cuda, generator=g)).sum() + route.probs.square().sum()
-        grads[name] = torch.autograd.grad(loss, (logits, x))
+        with backend.KernelCalls() as calls:
+            route = module.topk_route(logits, 2, 600)
+            plan = module.dispatch_plan(route.expert_index, route.slot, 16)
+            out = module.unpermute(module.permute(x, plan) * 1.5, plan, route.weights, 4096)
+            g = torch.Generator(device=cuda).manual_seed(3)
+            loss = (out.float() * torch.randn(out.shape, device=cuda, generator=g)).sum() + route.probs.square().sum()
+            grads[name] = torch.autograd.grad(loss, (logits, x))
+        if name == "kernel":
+            assert not calls.missing("topk_route_backward_cuda", "permute_backward_cuda", "unpermute_backward_cuda"), \
+                calls.counts
     for a, b in zip(grads["kernel"], grads["reference"]):
         torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=tol * float(b.float().abs().max()))
 
 
+# Every CUDA backward pass, each gradchecked below through the CUDA kernels themselves.
+BACKWARD_KERNELS = ("topk_route_backward_cuda", "permute_backward_cuda", "unpermute_backward_cuda",
+                    "gather_tokens_backward_cuda", "scatter_tokens_cuda", "gather_tokens_cuda")
+
+
 def test_gradcheck_float64(cuda):
     logits = torch.randn(20, 6, device=cuda, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda l: routing.topk_route(l, 2, 5).weights, (logits,))  # fp64: reference
-    route = routing.topk_route(logits.detach().float(), 2, 5)
-    plan = routing.dispatch_plan(route.expert_index, route.slot, 6)
-    x = torch.randn(20, 5, device=cuda, dtype=torch.float64, requires_grad=True)
-    y = torch.randn(plan.token_index.numel(), 5, device=cuda, dtype=torch.float64, requires_grad=True)
-    w = route.weights.double().requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: routing.permute(x, plan), (x,))
-    assert torch.autograd.gradcheck(lambda y, w: routing.unpermute(y, plan, w, 20), (y, w))
-    xm = torch.randn(2, 12, 4, device=cuda, dtype=torch.float64, requires_grad=True)
-    index = routing.mod_select(torch.randn(2, 12, device=cuda), 5)
-    values = torch.randn(2, 5, 4, device=cuda, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: routing.gather_tokens(x, index), (xm,))
-    assert torch.autograd.gradcheck(lambda x, v: routing.scatter_tokens(x, index, v), (xm, values))
+    with backend.KernelCalls() as calls:
+        # Distinct random logits keep the selection fixed under gradcheck's perturbation.
+        assert torch.autograd.gradcheck(lambda l: routing.topk_route(l, 2, 5).weights, (logits,))
+        assert torch.autograd.gradcheck(lambda l: routing.topk_route(l, 2, 5).probs, (logits,))
+        route = routing.topk_route(logits.detach(), 2, 5)
+        want = ref.topk_route(logits.detach(), 2, 5)
+        assert torch.equal(route.expert_index, want.expert_index) and torch.equal(route.slot, want.slot)
+        plan = routing.dispatch_plan(route.expert_index, route.slot, 6)
+        x = torch.randn(20, 5, device=cuda, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(plan.token_index.numel(), 5, device=cuda, dtype=torch.float64, requires_grad=True)
+        w = route.weights.detach().clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda x: routing.permute(x, plan), (x,))
+        assert torch.autograd.gradcheck(lambda y, w: routing.unpermute(y, plan, w, 20), (y, w))
+        xm = torch.randn(2, 12, 4, device=cuda, dtype=torch.float64, requires_grad=True)
+        index = routing.mod_select(torch.randn(2, 12, device=cuda), 5)
+        values = torch.randn(2, 5, 4, device=cuda, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x: routing.gather_tokens(x, index), (xm,))
+        assert torch.autograd.gradcheck(lambda x, v: routing.scatter_tokens(x, index, v), (xm, values))
+    assert not calls.missing("topk_route_cuda", *BACKWARD_KERNELS), calls.counts
+
+
+@pytest.mark.parametrize("weights_dtype,rtol", LOW_PRECISION_WEIGHTS)
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+def test_unpermute_low_precision_weights(cuda, weights_dtype, rtol, y_dtype):
+    # The CUDA backward used to write fp32 gradients into the 2-byte weights' buffer, past its end.
+    check_low_precision_weights(cuda, weights_dtype, rtol, y_dtype, ("unpermute_cuda", "unpermute_backward_cuda"))
 
 
 def test_bad_values_raise(cuda):
+    with backend.KernelCalls() as calls:
+        _bad_values_raise(cuda)
+    assert not calls.missing("topk_route_cuda", "expert_histogram_cuda", "dispatch_plan_cuda", "gather_tokens_cuda",
+                             "scatter_tokens_cuda", "mod_select_cuda"), calls.counts
+
+
+def _bad_values_raise(cuda):
     logits = torch.randn(8, 4, device=cuda)
     logits[5, 2] = float("nan")
     with pytest.raises(ValueError, match="router logits contain NaN"):
@@ -157,3 +202,19 @@ def test_bad_values_raise(cuda):
     with pytest.raises(ValueError, match="is on cpu but x is on cuda"):
         routing.gather_tokens(x, torch.tensor([[0, 1], [1, 2]]))
     torch.cuda.synchronize()  # nothing above left the device in an error state
+
+
+def test_rms_norm_on_cuda_runs_apex_when_present(cuda, monkeypatch):
+    # lumina.ops.nvidia_apex: apex's fused RMSNorm where NVIDIA apex imports, torch's ops otherwise.
+    kernel = nvidia_apex.rms_norm_kernel("cuda")
+    calls = []
+    if kernel is not None:
+        monkeypatch.setitem(nvidia_apex._state, "rms_norm", lambda *args: calls.append(1) or kernel(*args))
+    x = torch.randn(64, 512, device=cuda, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.rand(512, device=cuda) + 0.5).to(torch.bfloat16).requires_grad_()
+    g = torch.randn(64, 512, device=cuda, dtype=torch.bfloat16)
+    got = torch.autograd.grad((fused.rms_norm(x, w, 1e-5) * g).sum(), (x, w))
+    want = torch.autograd.grad((fused.rms_norm_reference(x, w, 1e-5) * g).sum(), (x, w))
+    assert len(calls) == (kernel is not None)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2 * float(b.float().abs().max()))

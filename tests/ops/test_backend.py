@@ -104,3 +104,41 @@ def test_cuda_request_without_cuda_kernels_warns_once(ext, monkeypatch):
         assert "built without CUDA" in backend.describe("permute", "cuda")
     finally:
         backend.reset()
+
+
+def _route_and_combine(dtype=torch.float32):
+    logits = torch.randn(12, 4, dtype=dtype, requires_grad=True)
+    route = routing.topk_route(logits, 2, 5)
+    plan = routing.dispatch_plan(route.expert_index, route.slot, 4)
+    x = torch.randn(12, 3, dtype=dtype, requires_grad=True)
+    out = routing.unpermute(routing.permute(x, plan), plan, route.weights, 12)
+    (out.sum() + route.probs.square().sum()).backward()
+
+
+def test_kernel_calls_name_the_kernel_that_served(ext, monkeypatch):
+    # The served-by evidence the GPU tests rely on (tests/gpu), exercised on the C++ CPU kernels:
+    # counted in lumina._C as each call enters, per entry point.
+    with backend.KernelCalls() as calls:
+        _route_and_combine()
+    assert calls.counts == {"topk_route_autograd_cpu": 1, "dispatch_plan_cpu": 1, "permute_autograd_cpu": 1,
+                            "unpermute_autograd_cpu": 1}
+    monkeypatch.setattr(backend, "eager_kernel", lambda op, t: None)  # through torch.library, as CUDA tensors go
+    with backend.KernelCalls() as calls:
+        _route_and_combine(torch.float64)
+    assert not calls.missing("topk_route_cpu", "topk_route_backward_cpu", "permute_backward_cpu",
+                             "unpermute_backward_cpu"), calls.counts
+    monkeypatch.setenv("LUMINA_ROUTING_BACKEND", "reference")
+    with backend.KernelCalls() as calls:
+        _route_and_combine()
+    assert calls.counts == {}  # a fallback to the reference leaves no trace, so a served-by check fails
+
+
+def test_errors_cross_the_binding_as_their_own_type(ext):
+    # lumina._C catches a kernel's exception while the GIL is released and raises it once the GIL is
+    # back: a bad value (std::invalid_argument) as ValueError, anything else (here c10's dtype
+    # check) unchanged as RuntimeError; the process survives both.
+    with pytest.raises(ValueError, match=r"expert_index holds 9 .*\[0, num_experts=4\)"):
+        ext.expert_histogram_cpu(torch.tensor([[0, 9]]), 4)
+    with pytest.raises(RuntimeError, match="Long"):
+        ext.permute_cpu(torch.randn(4, 2), torch.tensor([0.0, 1.0]))
+    assert ext.expert_histogram_cpu(torch.tensor([[0, 3]]), 4).tolist() == [1, 0, 0, 1]

@@ -133,3 +133,54 @@ def test_reference_backward_functions_equal_autograd():
     gm = torch.randn(2, 3, 3, dtype=torch.float64)
     (want_m,) = torch.autograd.grad((ref.gather_tokens(xm, index) * gm).sum(), xm)
     torch.testing.assert_close(ref.gather_tokens_backward(gm, index, 9), want_m)
+
+
+# One bf16 ulp is 2^-7 of the value at most (fp16: 2^-10): kernel and reference each round one fp32
+# dot product once, in different summation orders, so they differ by that much at most; a gradient
+# off by 2% (or written to the wrong weight, or as fp32 bits into a bf16 buffer) fails.
+LOW_PRECISION_WEIGHTS = [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)]
+
+
+@pytest.mark.parametrize("weights_dtype,rtol", LOW_PRECISION_WEIGHTS)
+@pytest.mark.parametrize("y_dtype", [torch.float32, torch.bfloat16])
+def test_unpermute_low_precision_weights_match_reference(ext, path, weights_dtype, rtol, y_dtype):
+    # Before: the CPU kernel refused bf16/fp16 weights in the backward (NotImplementedError), and the
+    # CUDA one wrote fp32 gradients into a buffer of the weights' 2-byte dtype, past its end.
+    served = ("unpermute_autograd_cpu",) if path == "c++ autograd" else ("unpermute_cpu", "unpermute_backward_cpu")
+    check_low_precision_weights(torch.device("cpu"), weights_dtype, rtol, y_dtype, served)
+
+
+def check_low_precision_weights(device: torch.device, weights_dtype: torch.dtype, rtol: float,
+                                y_dtype: torch.dtype, served: tuple[str, ...]) -> None:
+    """unpermute with `weights_dtype` weights and `y_dtype` outputs on `device`: output and both
+    gradients against autograd through the reference, and the kernels in `served` called (also the
+    CUDA case, tests/gpu)."""
+    _, route, plan = _route64(S=40, E=5, k=2, capacity=None)
+    plan = type(plan)(*(t.to(device) for t in plan))
+    weights0 = route.weights.detach().to(device, weights_dtype)
+    y0 = torch.randn(plan.token_index.numel(), 24, generator=torch.Generator().manual_seed(4)).to(device, y_dtype)
+    g = torch.randn(40, 24, generator=torch.Generator().manual_seed(5)).to(device, y_dtype)
+    grads = {}
+    for name in ("kernel", "reference"):
+        y, w = y0.clone().requires_grad_(), weights0.clone().requires_grad_()
+        with backend.KernelCalls() as calls:
+            out = (routing.unpermute(y, plan, w, 40) if name == "kernel"
+                   else ref.unpermute(y, plan, w, 40))
+            grads[name] = (out, *torch.autograd.grad((out * g).sum(), (y, w)))
+        assert not calls.missing(*served) if name == "kernel" else calls.counts == {}, calls.counts
+    (out, grad_y, grad_w), (out_ref, grad_y_ref, grad_w_ref) = grads["kernel"], grads["reference"]
+    assert (out.dtype, grad_y.dtype, grad_w.dtype) == (y_dtype, y_dtype, weights_dtype)
+    y_tol = 1e-6 if y_dtype == torch.float32 else 1.6e-2  # docs/kernels.md: unpermute
+    out, out_ref = out.detach().float(), out_ref.detach().float()
+    torch.testing.assert_close(out, out_ref, rtol=y_tol, atol=y_tol * float(out_ref.abs().max()))
+    torch.testing.assert_close(grad_y, grad_y_ref, rtol=y_tol, atol=0.0)
+    grad_w, grad_w_ref = grad_w.float(), grad_w_ref.float()
+    if y_dtype == torch.float32:
+        close = dict(rtol=rtol, atol=rtol * 1e-3)
+        assert not torch.allclose(grad_w * 1.02, grad_w_ref, **close)
+    else:
+        # The reference rounds every product g * y to bf16 before it adds them, the kernel adds in
+        # fp32: near-cancelling dot products differ by more than an ulp, so bf16's gradient tolerance.
+        close = dict(rtol=3e-2, atol=3e-2 * float(grad_w_ref.abs().max()))
+        assert not torch.allclose(grad_w.roll(1), grad_w_ref, **close)
+    torch.testing.assert_close(grad_w, grad_w_ref, **close)

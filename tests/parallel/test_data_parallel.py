@@ -8,7 +8,7 @@ experts are ordinary weights to DeepSpeed, partitioned over DP like the rest.
 
 import pytest
 
-from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses
+from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses, assert_same_valid_loss
 from tests.train.runs import train, train_losses
 
 
@@ -21,6 +21,7 @@ def test_dp2_hybrid_equals_one_process(tmp_path, one_process, zero):
     assert train(run, "--mode", "hybrid", "--train-iters", "5", "--global-batch-size", "8",
                  "--zero-stage", zero, world_size=2, timeout=600) == 0
     assert_same_losses(train_losses(run), train_losses(one_process("hybrid")))
+    assert_same_valid_loss(run, one_process("hybrid"))
 
 
 def test_dp2_zero2_resume_is_exact(tmp_path):

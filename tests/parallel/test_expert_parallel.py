@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses
+from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses, assert_same_valid_loss
 from tests.train.runs import train, train_losses
 
 EP2 = ("--expert-model-parallel-size", "2")
@@ -24,6 +24,7 @@ def test_ep2_equals_one_process(tmp_path, one_process, mode, zero):
     assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8", "--zero-stage", zero, *EP2,
                  world_size=2) == 0
     assert_same_losses(train_losses(run), train_losses(one_process(mode)))
+    assert_same_valid_loss(run, one_process(mode))
 
 
 @pytest.mark.slow
@@ -33,6 +34,7 @@ def test_ep2_x_dp2_equals_one_process(tmp_path, one_process):
     assert train(run, "--mode", "moe", *ITERS, "--global-batch-size", "8", "--micro-batch-size", "2",
                  "--zero-stage", "1", *EP2, world_size=4, timeout=600) == 0
     assert_same_losses(train_losses(run), train_losses(one_process("moe", micro_batch=2)))
+    assert_same_valid_loss(run, one_process("moe", micro_batch=2))
 
 
 def test_ep2_resume_is_exact_and_checkpoint_merges_experts(tmp_path, capsys):

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses
+from tests.parallel.conftest import assert_resume_is_exact, assert_same_losses, assert_same_valid_loss
 from tests.train.runs import metrics, train, train_losses
 
 PP2 = ("--pipeline-model-parallel-size", "2")
@@ -23,6 +23,7 @@ def test_pp2_equals_one_process(tmp_path, one_process, mode):
     ref, run = one_process(mode), str(tmp_path / "pp2")
     assert train(run, "--mode", mode, *ITERS, "--global-batch-size", "8", *PP2, world_size=2) == 0
     assert_same_losses(train_losses(run), train_losses(ref))
+    assert_same_valid_loss(run, ref)
     if mode == "hybrid":  # routing statistics gathered from both stages, per layer
         rec_ref = [r for r in metrics(ref) if r["split"] == "train"][-1]
         rec = [r for r in metrics(run) if r["split"] == "train"][-1]
@@ -37,6 +38,7 @@ def test_pp2_x_dp2_moe_zero1_equals_one_process(tmp_path, one_process):
     assert train(run, "--mode", "moe", *ITERS, "--global-batch-size", "8", "--micro-batch-size", "2",
                  "--zero-stage", "1", *PP2, world_size=4, timeout=600) == 0
     assert_same_losses(train_losses(run), train_losses(one_process("moe", micro_batch=2)))
+    assert_same_valid_loss(run, one_process("moe", micro_batch=2))
 
 
 def test_pp2_uneven_split_recompute_resume_and_eval(tmp_path, capsys):

@@ -179,3 +179,18 @@ def test_tables_cite_sources():
             assert 0 < mfu_for(g.name, mode).mfu < 0.6 and mfu_for(g.name, mode).source
     assert parse_count("4M") == 4e6 and parse_count("1.5B") == 1.5e9
     assert CONTEXT_BYTES == 1 << 30
+
+
+def test_the_trainer_reads_its_mfu_peaks_from_the_planners_table():
+    import inspect
+
+    import lumina.train.hardware as train_hardware
+
+    for g in GPUS.values():
+        assert train_hardware.gpu_peak_tflops(f"NVIDIA {g.device_name}") == g.peak_tflops
+    assert train_hardware.gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert train_hardware.gpu_peak_tflops("NVIDIA H200") == 989.0
+    assert train_hardware.gpu_peak_tflops("Tesla T4") is None
+    # one table: the datasheet figures are not typed in a second time
+    source = inspect.getsource(train_hardware)
+    assert not any(f"{g.peak_tflops:g}" in source for g in GPUS.values())

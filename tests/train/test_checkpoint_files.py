@@ -64,6 +64,10 @@ def test_compatibility_checks_name_the_difference_but_not_the_layout(saved):
         checkpoint.check_compatible(meta, get_preset("debug", "dense"), str(path))
     with pytest.raises(ValueError, match=r"different model settings \(seq_length\)"):
         checkpoint.check_compatible(meta, moe.replace(seq_length=64), str(path))
+    # Another tokenizer of the same vocabulary size maps the text to other ids: refused, named.
+    checkpoint.check_compatible(meta, moe, str(path), tokenizer_sha256="x")
+    with pytest.raises(ValueError, match=r"trained with tokenizer x but this run uses 0123456789ab: use the --tokenizer-model"):
+        checkpoint.check_compatible(meta, moe, str(path), tokenizer_sha256="0123456789abcdef")
 
 
 def _part(path):
