@@ -42,7 +42,7 @@ def summary(results: dict) -> list[str]:
 
 def render(results: dict, plots_dir: str = "study") -> str:
     prov, spec = results["provenance"], results["spec"]
-    m = prov["machine"]
+    m, v = prov["machine"], prov["versions"]
     budgets = sorted({p["budget"] for p in results["points"]})
     ablation_budget = spec["budgets"][spec["ablation_budget"]]
     commit = (prov["commit"] or "unknown")[:12] + (" with uncommitted changes" if prov["dirty"] else "")
@@ -61,8 +61,8 @@ def render(results: dict, plots_dir: str = "study") -> str:
         lines += [_KIND_BANNER[results["kind"]], ""]
     lines += [
         f"Measured on {prov['date']} with `{prov['command']}` at commit {commit}: {m['cpu']}, {cores} cores "
-        f"({prov['threads']} torch threads), {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; Python {m['python']}, "
-        f"torch {m['torch']}. {_time(prov)}, {'this invocation at a ' if prov['resumed_runs'] else ''}{load}"
+        f"({prov['threads']} torch threads), {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}; Python {v['python']}, "
+        f"torch {v['torch']}. {_time(prov)}, {'this invocation at a ' if prov['resumed_runs'] else ''}{load}"
         + (": other processes shared the machine, so an idle one takes less." if contended else "."),
         "",
         "## Findings",

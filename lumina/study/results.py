@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from lumina.bench.results import NUM, OPT_NUM, OPT_STR, OneOf, check
+from lumina.bench.results import MACHINE, NUM, OPT_NUM, OPT_STR, VERSIONS, OneOf, check
 
-MACHINE = {"cpu": str, "cores": int, "gpu": OPT_STR, "threads": int, "python": str, "torch": str,
-           "deepspeed": OPT_STR, "transformers": OPT_STR}
-PROVENANCE = {"commit": OPT_STR, "dirty": (bool, type(None)), "command": str, "machine": MACHINE, "date": str,
+# lumina.util.provenance's block (the same fields every results file carries), plus the study's own.
+PROVENANCE = {"commit": OPT_STR, "dirty": (bool, type(None)), "command": str, "machine": MACHINE,
+              "versions": VERSIONS, "note": OPT_STR, "date": str,
               "wall_seconds": NUM, "resumed_runs": int, "train_seconds": NUM, "load_average_start": [NUM], "load_average_end": [NUM], "threads": int}
 RUN = {"dataset": str, "budget": NUM, "variant": str, "size": str, "seed": int, "mode": str,
        "hidden_size": int, "ffn_hidden_size": int, "params_total": int, "params_non_embedding": int,

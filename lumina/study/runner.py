@@ -8,10 +8,8 @@ for another spec.
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import subprocess
 import time
 
 from lumina.study.spec import StudySpec, default_spec, smoke_spec, variant_config
@@ -47,23 +45,11 @@ def check_budgets(spec: StudySpec, vocab_size: int) -> None:
 
 
 def provenance(command: str) -> dict:
-    """What produced the results: the commit (and whether the tree had uncommitted changes), the
-    machine and versions (the benchmark's `machine()`), the command, and the load on the machine."""
-    from lumina.bench.runner import machine
+    """What produced the results (lumina.util.provenance: commit, dirty tree, machine, versions,
+    command, date); the runner adds the load on the machine and the times."""
+    from lumina.util import provenance as record
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None, "command": command,
-            "machine": machine(), "date": datetime.date.today().isoformat()}
+    return record.provenance(command)
 
 
 def spec_kind(spec: StudySpec) -> str:
