@@ -12,6 +12,7 @@ import json
 import os
 
 from lumina.bench.breakdown import PARTS
+from lumina.util.files import load_json
 
 # Version 5: provenance and the repeated MFU peak; speed goals judged by lumina.bench.verdict.
 SCHEMA_VERSION = 5
@@ -163,13 +164,7 @@ def save(results: dict, path: str) -> None:
 
 
 def read_json(path: str, what: str = "results file", make: str = "run `lumina bench` to make it"):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{what} {path} does not exist: {make}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} {path} is not JSON ({exc})") from None
+    return load_json(path, what, make)
 
 
 def load(path: str) -> dict:
