@@ -155,3 +155,18 @@ def test_retention_deletes_only_this_runs_complete_checkpoints(tmp_path):
     checkpoint._prune(str(tmp_path), 1, checkpoint.tag_for(6), "second")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "iter_0000003", "iter_0000006", "iter_0000010", "iter_0000020", "iter_0000030"]
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    """mkstemp's 0600 must not survive the rename: configs, pages and checkpoint metadata are read
+    by other users on a cluster."""
+    from lumina.util.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(str(tmp_path / "a.json"), "{}")
+        with open(tmp_path / "b.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == os.stat(tmp_path / "b.json").st_mode & 0o777 == 0o644
