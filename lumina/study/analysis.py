@@ -7,8 +7,7 @@ verdict per variant against dense at equal FLOPs.
 - The verdict compares a variant's frontier size with dense's at the same budget, paired by seed
   (the seed sets data order as well as init): "better" when a one-sided 95% t-interval of the mean
   paired difference lies below 0, "worse" when it lies above 0, otherwise "undecided" (issue 20's
-  rule). The t-quantiles and the interval are `lumina.bench.runner.loss_verdict`'s, used at
-  tolerance 0 through `compare` below.
+  rule). The t-quantiles and the bounds are the benchmark's (`lumina.bench.verdict.bounds`).
 
 Picking each variant's best size from noisy means favours the variant with more sizes near its
 optimum a little (the minimum of noisy means is biased low); every variant here has the same sizes.
@@ -16,28 +15,21 @@ optimum a little (the minimum of noisy means is biased low); every variant here 
 
 from __future__ import annotations
 
-import math
-import statistics
+from lumina.bench.verdict import bounds
 
 
 def compare(diffs: list[float]) -> tuple[float, float | None, str]:
-    """Mean and standard error of variant-minus-dense losses, and better / worse / undecided.
-
-    An adapter over the benchmark's `loss_verdict`, whose "no" is "the one-sided 95% bound exceeds
-    the tolerance": at tolerance 0, "no" on the differences says the variant is worse, and "no" on
-    the negated differences says it is better. Its "yes" is not used, so the answer does not depend
-    on how that function words "within the tolerance"."""
-    from lumina.bench.runner import loss_verdict
-
-    mean, se, worse = loss_verdict(list(diffs), tolerance=0.0)
-    _, _, better = loss_verdict([-d for d in diffs], tolerance=0.0)
-    verdict = "worse" if worse == "no" else "better" if better == "no" else "undecided"
-    return mean, se, verdict
+    """Mean and standard error of variant-minus-dense losses, and better / worse / undecided: the
+    benchmark's one-sided 95% bounds (lumina.bench.verdict) against 0."""
+    b = bounds(list(diffs))
+    verdict = ("undecided" if b.se is None else "worse" if b.lower > 0 else "better" if b.upper < 0
+               else "undecided")
+    return b.mean, b.se, verdict
 
 
 def mean_se(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+    b = bounds(list(values))
+    return b.mean, b.se
 
 
 def _key(r: dict) -> tuple:
