@@ -50,7 +50,7 @@ def _report(plan) -> str:
         f"{m.mod_activation_saving / GIB:.2f}), buffers {m.buffers / GIB:.2f}, fragmentation 10% "
         f"{m.fragmentation / GIB:.2f}",
         f"FLOPs per token (training): {plan.flops_per_token:.3e}",
-        f"assumed MFU {plan.mfu.mfu:.0%} x efficiency {plan.efficiency:.2f} (pipeline bubble, recompute): "
+        f"{plan.mfu.kind} MFU {plan.mfu.mfu:.0%} x efficiency {plan.efficiency:.2f} (pipeline bubble, recompute): "
         f"{plan.tokens_per_s:,.0f} tokens/s projected (step: compute {plan.compute_s:.2f} s, communication "
         f"{plan.comm_s:.2f} s, overlapped up to the compute time)",
         f"  MFU source: {plan.mfu.source}",

@@ -70,5 +70,5 @@ def header(plan: Plan) -> list[str]:
             f"plan: TP {plan.tp} x PP {plan.pp} x DP {plan.dp} (EP {plan.ep}), ZeRO {plan.zero}, micro-batch "
             f"{plan.micro_batch} x accumulation {plan.grad_accum}, recompute {plan.recompute}, "
             f"{plan.memory.total / 2**30:.1f} GiB per GPU of {plan.gpu.memory_gib:g}",
-            f"projected (not measured): {plan.tokens_per_s:,.0f} tokens/s at an assumed {plan.mfu.mfu:.0%} MFU, "
+            f"projected (not measured): {plan.tokens_per_s:,.0f} tokens/s at {plan.mfu.kind} {plan.mfu.mfu:.0%} MFU, "
             f"{plan.hours:,.1f} h for {plan.tokens:.3g} tokens; see `lumina plan`"]

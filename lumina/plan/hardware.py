@@ -74,6 +74,13 @@ def gpu_for_device(device_name: str) -> GPU | None:
 class MFUAssumption:
     mfu: float
     source: str
+    # True when the roofline bound (lumina.plan.roofline.capped) replaced the published figure, so
+    # one-line summaries do not call a computed bound an assumption.
+    bound: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "roofline-bound" if self.bound else "assumed"
 
 
 # Dense MFU a well-tuned Megatron/DeepSpeed run reaches, per GPU family, with the published figure

@@ -130,4 +130,4 @@ def capped(assumed: MFUAssumption, cfg: ModelConfig, gpu: GPU, seq: int, micro_b
     return MFUAssumption(round(b.mfu, 4), f"roofline bound of micro-batch {micro_batch} x {seq} at TP {tp} "
                                           f"({b.kernels} kernels at max(FLOPs / peak, bytes / {gpu.hbm_gbs:g} GB/s, "
                                           f"{LAUNCH_S * 1e6:g} us launch), lumina.plan.roofline), below the assumed "
-                                          f"{assumed.mfu:.0%} ({assumed.source})")
+                                          f"{assumed.mfu:.0%} ({assumed.source})", bound=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lumina.plan.generate import header
 from lumina.plan.hardware import GPUS, gpu, mfu_for
 from lumina.plan.roofline import LAUNCH_S, bound, capped
 from lumina.plan.search import best
@@ -31,6 +32,14 @@ def test_debug_on_an_a100_is_launch_bound_far_below_the_published_mfu():
 def test_large_models_keep_the_published_mfu():
     assumed = mfu_for("a100-80gb", "dense")
     assert capped(assumed, get_preset("b7", "dense"), gpu("a100-80gb"), 4096, 1, 1) == assumed
+
+
+def test_script_headers_name_a_bound_as_a_bound():
+    """The SLURM headers called debug's 3% roofline bound "an assumed 3% MFU"."""
+    small = header(best(get_preset("debug", "dense"), gpu("a100-80gb"), 1))[-1]
+    large = header(best(get_preset("b7", "dense"), gpu("a100-80gb"), 8))[-1]
+    assert "at roofline-bound" in small and "assumed" not in small
+    assert "at assumed 45% MFU" in large
 
 
 @pytest.mark.parametrize("row", RESULTS["gpu_bench"]["rows"], ids=lambda r: r["mode"])
