@@ -193,3 +193,17 @@ def load_gpu_bench(path: str) -> dict:
                          "run tests/gpu/bench.sh from a git checkout, which records it")
     check(data, GPU_BENCH, where)
     return data
+
+
+def kept_gpu_bench(path: str) -> dict | None:
+    """The GPU section of an existing results file, for a fresh CPU run to carry over: it was measured
+    elsewhere (tests/gpu/bench.sh, its own provenance), and a CPU run cannot re-measure it, so a new
+    `lumina bench` dropping it would lose the only GPU figures. Read before any training, so a broken
+    section stops the run first."""
+    if not os.path.exists(path):
+        return None
+    data = read_json(path)
+    section = data.get("gpu_bench") if isinstance(data, dict) else None
+    if section is not None:
+        check(section, GPU_BENCH, f"{path}: gpu_bench")
+    return section

@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
         command = "lumina bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
             else "lumina bench"
+        kept = results_io.kept_gpu_bench(results_path)
         results = run_bench(spec, command.strip(), timeout=args.timeout)
+        if kept is not None:
+            results["gpu_bench"] = kept
         results_io.save(results, results_path)
     for path in [results_path, *write_report(results, out_dir, markdown)]:
         print(f"lumina bench: wrote {path}")
