@@ -12,7 +12,7 @@ import json
 import os
 
 from lumina.bench.breakdown import PARTS
-from lumina.util.files import load_json
+from lumina.util.files import atomic_write_text, load_json
 
 # Version 5: provenance and the repeated MFU peak; speed goals judged by lumina.bench.verdict.
 SCHEMA_VERSION = 5
@@ -155,12 +155,7 @@ def check(value, schema=SCHEMA, where: str = "results") -> None:
 
 def save(results: dict, path: str) -> None:
     check(results)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(results, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path: str, what: str = "results file", make: str = "run `lumina bench` to make it"):
